@@ -1,0 +1,234 @@
+"""Configuration: ``config.toml`` plus ``BOT_<SECTION>__<KEY>`` environment overrides.
+
+Read once at start-up into frozen dataclasses that validate themselves, then passed down.
+Nothing else in the package reads ``os.environ`` for settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bot.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = PROJECT_ROOT / "config.toml"
+ENV_PREFIX = "BOT_"
+
+
+@dataclass(frozen=True)
+class ShopConfig:
+    knowledge_dir: Path
+    languages: tuple[str, ...]
+    pivot: str = "en"
+    default_language: str = "en"
+
+    def __post_init__(self) -> None:
+        if self.pivot not in self.languages:
+            raise ConfigError(f"shop.pivot {self.pivot!r} is not in shop.languages")
+        if self.default_language not in self.languages:
+            raise ConfigError(f"shop.default_language {self.default_language!r} is not supported")
+
+
+@dataclass(frozen=True)
+class DetectConfig:
+    min_confidence: float = 0.45
+    short_text_letters: int = 12
+    switch_margin: float = 0.2
+
+
+@dataclass(frozen=True)
+class RetrieveConfig:
+    index_dir: Path
+    top_k: int = 3
+    answer_threshold: float = 0.86
+    direct_threshold: float = 0.89
+    direct_margin: float = 0.015
+
+    def __post_init__(self) -> None:
+        if not 0 < self.answer_threshold <= self.direct_threshold <= 1:
+            raise ConfigError("retrieve: need 0 < answer_threshold <= direct_threshold <= 1")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    mode: str = "auto"
+    max_tokens: int = 220
+    temperature: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.mode not in {"auto", "always", "never"}:
+            raise ConfigError(f"generate.mode must be auto, always or never, not {self.mode!r}")
+
+
+@dataclass(frozen=True)
+class TranslateConfig:
+    memory_min_similarity: float = 0.92
+    max_tokens: int = 400
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    cache_dir: Path
+    url: str = ""
+    engine: str = "llama.cpp"
+    name: str = "qwen2.5-0.5b"
+    served_name: str = "meridian"
+    adapter: str = ""
+    api_key: str = "local"
+    host: str = "127.0.0.1"
+    port: int = 8181
+    threads: int = 2
+    context: int = 4096
+    connect_timeout: float = 2.0
+    first_token_timeout: float = 8.0
+    read_timeout: float = 30.0
+    retries: int = 2
+    breaker_failures: int = 3
+    breaker_reset_seconds: float = 20.0
+    start_timeout: float = 240.0
+
+    def __post_init__(self) -> None:
+        if self.engine not in {"llama.cpp", "vllm"}:
+            raise ConfigError(f"model.engine must be llama.cpp or vllm, not {self.engine!r}")
+
+    @property
+    def embedded(self) -> bool:
+        """True when the bot runs its own engine instead of calling ``url``."""
+        return not self.url
+
+    @property
+    def base_url(self) -> str:
+        return self.url.rstrip("/") if self.url else f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def request_model(self) -> str:
+        """The model name sent with each request: the adapter when one is configured."""
+        return self.adapter or self.served_name
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    allowed_origins: tuple[str, ...] = ()
+    max_frame_bytes: int = 65536
+    max_message_chars: int = 2000
+    rate_limit_messages: int = 20
+    rate_limit_window: float = 60.0
+    idle_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = "sqlite+aiosqlite:///var/bot.db"
+    echo: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    shop: ShopConfig
+    detect: DetectConfig
+    retrieve: RetrieveConfig
+    generate: GenerateConfig
+    translate: TranslateConfig
+    model: ModelConfig
+    server: ServerConfig
+    database: DatabaseConfig
+    root: Path = field(default=PROJECT_ROOT)
+
+    def replace(self, **sections: Any) -> Config:
+        """A copy with some sections' fields changed: ``cfg.replace(model={"url": u})``."""
+        changes = {
+            name: dataclasses.replace(getattr(self, name), **fields)
+            for name, fields in sections.items()
+        }
+        return dataclasses.replace(self, **changes)
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "shop": ShopConfig,
+    "detect": DetectConfig,
+    "retrieve": RetrieveConfig,
+    "generate": GenerateConfig,
+    "translate": TranslateConfig,
+    "model": ModelConfig,
+    "server": ServerConfig,
+    "database": DatabaseConfig,
+}
+
+
+def load_config(
+    path: Path | str | None = None, *, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Read ``config.toml`` (or ``path``), apply environment overrides, validate."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    _apply_env(raw, os.environ if environ is None else environ)
+    base = path.resolve().parent
+    sections = {name: _build(cls, raw.get(name, {}), name, base) for name, cls in _SECTIONS.items()}
+    unknown = set(raw) - set(_SECTIONS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}")
+    return Config(root=base, **sections)
+
+
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        section, _, name = key[len(ENV_PREFIX) :].lower().partition("__")
+        if section in _SECTIONS:
+            raw.setdefault(section, {})[name] = value
+
+
+def _build(cls: type[Any], values: dict[str, Any], section: str, base: Path) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"[{section}]: unknown key(s) {sorted(unknown)}")
+    kwargs = {}
+    for name, value in values.items():
+        kwargs[name] = _coerce(value, hints[name], f"{section}.{name}", base)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"[{section}]: {exc}") from exc
+
+
+def _coerce(value: Any, hint: Any, where: str, base: Path) -> Any:
+    """Convert TOML or environment-string values to the field's declared type."""
+    try:
+        if hint is Path:
+            p = Path(os.path.expanduser(str(value)))
+            return p if p.is_absolute() else base / p
+        if hint is bool:
+            if isinstance(value, str):
+                return value.strip().lower() in {"1", "true", "yes", "on"}
+            return bool(value)
+        if hint is int:
+            return int(value)
+        if hint is float:
+            return float(value)
+        if typing.get_origin(hint) is tuple:
+            if isinstance(value, str):
+                value = [v.strip() for v in value.split(",") if v.strip()]
+            return tuple(str(v) for v in value)
+        if hint is str or isinstance(hint, types.UnionType):
+            return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: cannot use {value!r}: {exc}") from exc
+    return value

@@ -1,0 +1,313 @@
+"""The shop's knowledge: FAQ entries, curated localizations, glossary, markets, locales.
+
+Loaded once from ``knowledge/`` (format: docs/knowledge.md), validated, and shared read-only
+by every stage. The English FAQ is the pivot; ``i18n/LL.toml`` files hold the curated
+localized answers that the bot shows verbatim.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bot.errors import KnowledgeError
+
+TEMPLATE = re.compile(r"\{(money|length|weight|shop):([A-Za-z0-9_]+)\}")
+TOPICS = (
+    "orders",
+    "shipping",
+    "returns",
+    "refunds",
+    "payments",
+    "account",
+    "promotions",
+    "warranty",
+    "products",
+    "contact",
+)
+
+
+@dataclass(frozen=True)
+class Fact:
+    key: str
+    kind: str  # money | length | weight
+    per_market: Mapping[str, str] = field(default_factory=dict)  # money: "49 EUR"
+    value: float = 0.0  # length in cm, weight in kg
+
+    def money(self, market: str) -> tuple[float, str]:
+        raw = self.per_market.get(market) or self.per_market.get("INTL")
+        if raw is None:
+            raise KnowledgeError(f"fact {self.key!r} has no value for market {market!r}")
+        amount, _, currency = raw.strip().partition(" ")
+        return float(amount), currency.strip()
+
+
+@dataclass(frozen=True)
+class Market:
+    code: str
+    name: str
+    currency: str
+    countries: tuple[str, ...]
+    default: bool = False
+    policy: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LanguageSettings:
+    code: str
+    name: str
+    locale: str  # CLDR, e.g. de_DE
+    market: str
+    register: str  # formal | informal
+    pronoun: str
+    units: str  # metric | imperial
+    direction: str  # ltr | rtl
+    date_style: str = "medium"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An answer text with optional market-specific replacements."""
+
+    text: str
+    markets: Mapping[str, str] = field(default_factory=dict)
+
+    def for_market(self, market: str) -> str:
+        return self.markets.get(market, self.text)
+
+
+@dataclass(frozen=True)
+class FaqEntry:
+    id: str
+    topic: str
+    questions: tuple[str, ...]
+    answer: Answer
+
+
+@dataclass(frozen=True)
+class LocalizedEntry:
+    questions: tuple[str, ...]
+    answer: Answer
+
+
+@dataclass(frozen=True)
+class Localization:
+    language: str
+    messages: Mapping[str, str]
+    ui: Mapping[str, str]
+    faq: Mapping[str, LocalizedEntry]
+
+
+@dataclass(frozen=True)
+class Knowledge:
+    shop: Mapping[str, Any]
+    contact: Mapping[str, str]
+    glossary: tuple[str, ...]
+    facts: Mapping[str, Fact]
+    markets: Mapping[str, Market]
+    languages: Mapping[str, LanguageSettings]
+    entries: Mapping[str, FaqEntry]
+    i18n: Mapping[str, Localization]
+    fingerprint: str
+
+    def entry(self, faq_id: str) -> FaqEntry:
+        try:
+            return self.entries[faq_id]
+        except KeyError:
+            raise KnowledgeError(f"unknown FAQ id {faq_id!r}") from None
+
+    def curated_answer(self, faq_id: str, language: str, market: str) -> str | None:
+        """The curated answer template in ``language``, or None where none was written."""
+        if language == "en":
+            return self.entry(faq_id).answer.for_market(market)
+        loc = self.i18n.get(language)
+        localized = loc.faq.get(faq_id) if loc else None
+        return localized.answer.for_market(market) if localized else None
+
+    def message(self, key: str, language: str) -> str:
+        """A bot sentence in ``language``, falling back to English."""
+        for lang in (language, "en"):
+            loc = self.i18n.get(lang)
+            if loc and key in loc.messages:
+                return loc.messages[key]
+        raise KnowledgeError(f"no message {key!r} in knowledge/i18n/en.toml")
+
+    def ui(self, language: str) -> dict[str, str]:
+        base = dict(self.i18n["en"].ui) if "en" in self.i18n else {}
+        loc = self.i18n.get(language)
+        if loc:
+            base.update(loc.ui)
+        return base
+
+    def market_code(self, *, language: str, country: str | None = None) -> str:
+        """The market of a country (ISO 3166), else the language's default market."""
+        if country:
+            country = country.upper()
+            for market in self.markets.values():
+                if country in market.countries:
+                    return market.code
+            return self.default_market
+        settings = self.languages.get(language)
+        return settings.market if settings else self.default_market
+
+    @property
+    def default_market(self) -> str:
+        for market in self.markets.values():
+            if market.default:
+                return market.code
+        return next(iter(self.markets))
+
+    def questions(self) -> Iterator[tuple[str, str]]:
+        """(faq id, question) for every question variant, English and curated localized."""
+        for entry in self.entries.values():
+            for q in entry.questions:
+                yield entry.id, q
+        for loc in self.i18n.values():
+            for faq_id, localized in loc.faq.items():
+                for q in localized.questions:
+                    yield faq_id, q
+
+
+def strip_templates(text: str) -> str:
+    return TEMPLATE.sub(lambda m: m.group(2).replace("_", " "), text)
+
+
+def load_knowledge(directory: Path) -> Knowledge:
+    """Read and validate ``knowledge/``; raise KnowledgeError naming the file at fault."""
+    if not directory.is_dir():
+        raise KnowledgeError(f"knowledge directory not found: {directory}")
+    digest = hashlib.sha256()
+    files = sorted(directory.rglob("*.toml"))
+    for path in files:
+        digest.update(path.relative_to(directory).as_posix().encode())
+        digest.update(path.read_bytes())
+
+    shop = _read(directory / "shop.toml")
+    facts = {key: _fact(key, raw) for key, raw in shop.get("facts", {}).items()}
+    markets = {
+        code: Market(
+            code=code,
+            name=raw["name"],
+            currency=raw["currency"],
+            countries=tuple(raw.get("countries", ())),
+            default=bool(raw.get("default", False)),
+            policy={k: v for k, v in raw.items() if k not in _MARKET_KEYS},
+        )
+        for code, raw in _read(directory / "markets.toml")["markets"].items()
+    }
+    languages = {
+        code: LanguageSettings(
+            code=code,
+            name=raw["name"],
+            locale=raw["locale"],
+            market=raw["market"],
+            register=raw.get("register", "formal"),
+            pronoun=raw.get("pronoun", ""),
+            units=raw.get("units", "metric"),
+            direction=raw.get("direction", "ltr"),
+            date_style=raw.get("date_style", "medium"),
+        )
+        for code, raw in _read(directory / "locales.toml")["languages"].items()
+    }
+    entries: dict[str, FaqEntry] = {}
+    for path in sorted((directory / "faq").glob("*.toml")):
+        raw = _read(path)
+        topic = raw.get("topic", path.stem)
+        for item in raw.get("entry", []):
+            faq_id = item["id"]
+            if faq_id in entries:
+                raise KnowledgeError(f"{path.name}: duplicate FAQ id {faq_id!r}")
+            entries[faq_id] = FaqEntry(
+                id=faq_id,
+                topic=topic,
+                questions=tuple(item.get("questions", ())),
+                answer=_answer(item),
+            )
+    i18n = {
+        path.stem: _localization(path, entries)
+        for path in sorted((directory / "i18n").glob("*.toml"))
+    }
+    knowledge = Knowledge(
+        shop=shop.get("shop", {}),
+        contact={k: str(v) for k, v in shop.get("contact", {}).items()},
+        glossary=tuple(shop.get("glossary", {}).get("terms", ())),
+        facts=facts,
+        markets=markets,
+        languages=languages,
+        entries=entries,
+        i18n=i18n,
+        fingerprint=digest.hexdigest()[:16],
+    )
+    _check_templates(knowledge)
+    return knowledge
+
+
+_MARKET_KEYS = {"name", "currency", "countries", "default"}
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise KnowledgeError(f"missing knowledge file: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise KnowledgeError(f"{path}: {exc}") from exc
+
+
+def _fact(key: str, raw: Mapping[str, Any]) -> Fact:
+    kind = raw.get("kind", "money")
+    if kind == "money":
+        values = {k: str(v) for k, v in raw.items() if k != "kind"}
+        return Fact(key=key, kind=kind, per_market=values)
+    if kind in {"length", "weight"}:
+        return Fact(key=key, kind=kind, value=float(raw["value"]))
+    raise KnowledgeError(f"shop.toml: fact {key!r} has unknown kind {kind!r}")
+
+
+def _answer(raw: Mapping[str, Any]) -> Answer:
+    markets = {code: str(m["answer"]).strip() for code, m in raw.get("markets", {}).items()}
+    return Answer(text=str(raw["answer"]).strip(), markets=markets)
+
+
+def _localization(path: Path, entries: Mapping[str, FaqEntry]) -> Localization:
+    raw = _read(path)
+    faq: dict[str, LocalizedEntry] = {}
+    for faq_id, item in raw.get("faq", {}).items():
+        if faq_id not in entries:
+            raise KnowledgeError(f"{path.name}: FAQ id {faq_id!r} is not in knowledge/faq/")
+        faq[faq_id] = LocalizedEntry(
+            questions=tuple(item.get("questions", ())), answer=_answer(item)
+        )
+    return Localization(
+        language=raw.get("language", path.stem),
+        messages=dict(raw.get("messages", {})),
+        ui=dict(raw.get("ui", {})),
+        faq=faq,
+    )
+
+
+def _check_templates(k: Knowledge) -> None:
+    def texts() -> Iterator[tuple[str, str]]:
+        for entry in k.entries.values():
+            yield f"faq {entry.id}", entry.answer.text
+            yield from ((f"faq {entry.id} [{m}]", t) for m, t in entry.answer.markets.items())
+        for loc in k.i18n.values():
+            for faq_id, le in loc.faq.items():
+                yield f"i18n/{loc.language} {faq_id}", le.answer.text
+                for m, t in le.answer.markets.items():
+                    yield f"i18n/{loc.language} {faq_id} [{m}]", t
+            yield from ((f"i18n/{loc.language} message {n}", t) for n, t in loc.messages.items())
+
+    for where, text in texts():
+        for kind, key in TEMPLATE.findall(text):
+            if kind == "shop":
+                if key not in k.contact:
+                    raise KnowledgeError(f"{where}: unknown contact key {{shop:{key}}}")
+            elif key not in k.facts or k.facts[key].kind != kind:
+                raise KnowledgeError(f"{where}: unknown {kind} fact {{{kind}:{key}}}")

@@ -1,0 +1,391 @@
+"""One customer turn: detect -> translate in -> retrieve -> generate -> translate out -> localize.
+
+Each stage is a module taking data and injected clients; this module wires them, decides
+which path a turn takes, and records the trace:
+
+- small talk ("merci", "hola"): the bot's own curated sentence;
+- a clear FAQ match with nothing turn-specific in the message: the curated localized
+  answer, verbatim (no model call: what most customers read);
+- otherwise the model writes a grounded reply from the top passages, translated back with
+  placeholders protected; any failure (engine down, ungrounded reply, lost placeholder,
+  wrong language) falls back to the curated answer, plus an offer of a human when the
+  engine is the problem;
+- no FAQ above the threshold: "no answer" and an offer of a human (repeated: handoff).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot import handoff
+from bot.config import Config
+from bot.detect import Detection, LanguageDetector, Lexicon, load_lexicon
+from bot.errors import LLMError, TranslationError
+from bot.generate import Passage, generate_reply
+from bot.knowledge import Knowledge, load_knowledge
+from bot.llm import LLMClient
+from bot.localize import Locality, Localizer, locality_for
+from bot.mask import Masker
+from bot.retrieve import Embedder, Hit, Retriever
+from bot.trace import Trace
+from bot.translate import TranslationMemory, Translator, normalize
+
+log = logging.getLogger(__name__)
+
+OnDelta = Callable[[str], Awaitable[None]]
+_SMALL_TALK = {"greeting": "greeting", "thanks": "thanks_reply", "goodbye": "goodbye_reply"}
+
+
+@dataclass
+class TurnContext:
+    """What the pipeline knows about the conversation before this turn."""
+
+    language: str | None = None  # the conversation's current language
+    locale_hint: str | None = None  # from the widget / page, e.g. "es-MX"
+    market: str | None = None  # explicit market (EU, US...), else from locale
+    chosen_language: str | None = None  # the customer picked a language explicitly
+    no_answer_streak: int = 0
+    history: list[tuple[str, str]] = field(default_factory=list)  # (role, pivot text)
+
+
+@dataclass
+class TurnResult:
+    text: str
+    language: str
+    detection: Detection
+    pivot: str | None
+    faq_ids: list[str]
+    reply: str
+    handoff: bool
+    handoff_reason: str | None
+    answered: bool
+    source: str  # curated | generated | fallback | message
+    trace: Trace
+    locality: Locality
+    reply_pivot: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "language": self.language,
+            "pivot": self.pivot,
+            "faq_ids": self.faq_ids,
+            "reply": self.reply,
+            "handoff": self.handoff,
+            "handoff_reason": self.handoff_reason,
+            "source": self.source,
+            "market": self.locality.market,
+            "trace": self.trace.as_list(),
+            "total_ms": round(self.trace.total_ms, 1),
+        }
+
+
+@dataclass(frozen=True)
+class _Draft:
+    reply: str
+    faq_ids: list[str]
+    source: str
+    reply_pivot: str | None = None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: Config,
+        knowledge: Knowledge,
+        *,
+        detector: LanguageDetector,
+        lexicon: Lexicon,
+        translator: Translator,
+        retriever: Retriever,
+        localizer: Localizer,
+        masker: Masker,
+        llm: LLMClient | None,
+    ) -> None:
+        self.config = config
+        self.knowledge = knowledge
+        self.detector = detector
+        self.lexicon = lexicon
+        self.translator = translator
+        self.retriever = retriever
+        self.localizer = localizer
+        self.masker = masker
+        self.llm = llm
+
+    @classmethod
+    def build(cls, config: Config, llm: LLMClient | None) -> Pipeline:
+        """Load knowledge, detector, embedder and index (blocking: call in a thread)."""
+        knowledge = load_knowledge(config.shop.knowledge_dir)
+        masker = Masker(knowledge.glossary)
+        lexicon = load_lexicon(config.shop.knowledge_dir / "lexicon.toml")
+        detector = LanguageDetector(
+            config.shop.languages,
+            config.detect,
+            lexicon=lexicon,
+            masker=masker,
+            default=config.shop.default_language,
+        )
+        retriever = Retriever(config.retrieve.index_dir, Embedder(threads=config.model.threads))
+
+        def language_of(text: str) -> str | None:
+            return detector.detect(text).language
+
+        translator = Translator(
+            knowledge,
+            masker,
+            TranslationMemory.from_knowledge(knowledge),
+            llm,
+            min_similarity=config.translate.memory_min_similarity,
+            max_tokens=config.translate.max_tokens,
+            language_of=language_of,
+        )
+        return cls(
+            config,
+            knowledge,
+            detector=detector,
+            lexicon=lexicon,
+            translator=translator,
+            retriever=retriever,
+            localizer=Localizer(knowledge),
+            masker=masker,
+            llm=llm,
+        )
+
+    # -- the turn ---------------------------------------------------------------------
+
+    async def answer(
+        self, text: str, context: TurnContext, *, on_delta: OnDelta | None = None
+    ) -> TurnResult:
+        trace = Trace()
+        pivot_lang = self.config.shop.pivot
+
+        with trace.stage("detect") as out:
+            detection = self._detect(text, context)
+            out.update(detection.as_dict())
+        language = detection.language
+        where = locality_for(
+            self.knowledge, language, locale_hint=context.locale_hint, market=context.market
+        )
+
+        intent = self.lexicon.intent(self.masker.strip(text))
+        if intent in _SMALL_TALK:
+            with trace.stage("localize") as out:
+                reply = self.localizer.message(_SMALL_TALK[intent], where)
+                out.update(source="message", key=_SMALL_TALK[intent], locale=where.locale)
+            draft = _Draft(reply, [], "message")
+            return self._result(text, detection, None, where, trace, draft, answered=True)
+
+        with trace.stage("translate_in") as out:
+            pivot = await self._pivot(text, language, pivot_lang, out)
+
+        with trace.stage("retrieve") as out:
+            hits = await asyncio.to_thread(
+                self.retriever.search,
+                [text],
+                k=self.config.retrieve.top_k,
+                pivot=pivot,
+            )
+            answerable = [h for h in hits if h.score >= self.config.retrieve.answer_threshold]
+            out.update(hits=[h.as_dict() for h in hits], answered=bool(answerable))
+
+        top = answerable[0] if answerable else None
+        decision = handoff.decide(
+            original=text,
+            language=language,
+            pivot=pivot,
+            top_faq=top.faq_id if top else None,
+            answered=top is not None,
+            no_answer_streak=context.no_answer_streak,
+        )
+        if decision.handoff:
+            with trace.stage("handoff") as out:
+                out.update(decision.as_dict())
+                reply = self.localizer.message("handoff_started", where)
+            faq_ids = [top.faq_id] if top else []
+            draft = _Draft(reply, faq_ids, "message")
+            return self._result(
+                text, detection, pivot, where, trace, draft,
+                answered=top is not None, handoff_reason=decision.reason,
+            )  # fmt: skip
+        if top is None:
+            with trace.stage("localize") as out:
+                key = "clarify" if intent == "ack" else "no_answer"
+                reply = self.localizer.message(key, where)
+                out.update(source="message", key=key, locale=where.locale)
+            draft = _Draft(reply, [], "message")
+            return self._result(text, detection, pivot, where, trace, draft, answered=False)
+
+        draft = await self._draft(text, pivot, answerable, where, context, trace, on_delta)
+        return self._result(text, detection, pivot, where, trace, draft, answered=True)
+
+    def _detect(self, text: str, context: TurnContext) -> Detection:
+        if context.chosen_language in self.config.shop.languages:
+            return Detection(context.chosen_language, 1.0, "chosen")
+        hint = (context.locale_hint or "").replace("_", "-").split("-")[0].lower() or None
+        return self.detector.detect(text, current=context.language, hint=hint)
+
+    async def _pivot(
+        self, text: str, language: str, pivot_lang: str, out: dict[str, Any]
+    ) -> str | None:
+        try:
+            translation = await self.translator.translate(text, language, pivot_lang)
+        except (LLMError, TranslationError) as exc:
+            out.update(engine="none", error=f"{type(exc).__name__}: {exc}")
+            return None
+        out.update(translation.as_dict())
+        return translation.text
+
+    async def _draft(
+        self,
+        text: str,
+        pivot: str | None,
+        hits: list[Hit],
+        where: Locality,
+        context: TurnContext,
+        trace: Trace,
+        on_delta: OnDelta | None,
+    ) -> _Draft:
+        pivot_lang = self.config.shop.pivot
+        top = hits[0]
+        runner_up = hits[1].score if len(hits) > 1 else 0.0
+        specifics = self.masker.find(text)
+        direct = (
+            top.score >= self.config.retrieve.direct_threshold
+            and top.score - runner_up >= self.config.retrieve.direct_margin
+            and not [s for s in specifics if s.kind != "term"]
+        )
+        mode = self.config.generate.mode
+        use_model = self.llm is not None and mode != "never" and (mode == "always" or not direct)
+        if not use_model:
+            return self._curated(top.faq_id, where, trace, "curated")
+        if pivot is None or not self.llm or not self.llm.available:
+            return self._fallback(top.faq_id, where, trace, "engine unavailable", offer_human=True)
+
+        english = locality_for(self.knowledge, pivot_lang, market=where.market)
+        passages = [
+            Passage(h.faq_id, self.localizer.render(self._english_answer(h.faq_id, where), english))
+            for h in hits
+        ]
+        stream = on_delta if where.language == pivot_lang else None
+        with trace.stage("generate") as out:
+            try:
+                reply = await generate_reply(
+                    self.llm,
+                    shop=str(self.knowledge.shop.get("name", "the shop")),
+                    passages=passages,
+                    question=pivot,
+                    history=context.history,
+                    max_tokens=self.config.generate.max_tokens,
+                    temperature=self.config.generate.temperature,
+                    on_delta=stream,
+                )
+            except LLMError as exc:
+                out.update(error=f"{type(exc).__name__}: {exc}")
+                reply = None
+            if reply is not None:
+                out.update(
+                    text=reply.text, faq_ids=reply.faq_ids, grounded=reply.grounded,
+                    unsupported=reply.unsupported, usage=reply.usage,
+                )  # fmt: skip
+        if reply is None:
+            return self._fallback(top.faq_id, where, trace, "engine failed", offer_human=True)
+        if not reply.grounded:
+            return self._fallback(top.faq_id, where, trace, "ungrounded reply", offer_human=False)
+        cited = reply.faq_ids[0]
+        faq_answer = next(p.text for p in passages if p.faq_id == cited)
+        if _similar(reply.text, faq_answer) >= 0.85:
+            # The model restated the FAQ answer: the curated localization says it best.
+            return self._curated(cited, where, trace, "curated", reply_pivot=reply.text)
+        if where.language == pivot_lang:
+            return _Draft(reply.text, reply.faq_ids, "generated", reply.text)
+
+        with trace.stage("translate_out") as out:
+            try:
+                translation = await self.translator.translate(
+                    reply.text,
+                    pivot_lang,
+                    where.language,
+                    render=lambda kind, span: self._render_span(kind, span, where),
+                    on_delta=on_delta,
+                )
+                out.update(translation.as_dict())
+            except (LLMError, TranslationError) as exc:
+                out.update(error=f"{type(exc).__name__}: {exc}")
+                translation = None
+        if translation is None:
+            return self._fallback(cited, where, trace, "translation rejected", offer_human=False)
+        with trace.stage("localize") as out:
+            out.update(source="generated", locale=where.locale, market=where.market)
+        return _Draft(translation.text, reply.faq_ids, "generated", reply.text)
+
+    def _english_answer(self, faq_id: str, where: Locality) -> str:
+        return self.knowledge.entry(faq_id).answer.for_market(where.market)
+
+    def _render_span(self, kind: str, span: str, where: Locality) -> str:
+        return self.localizer.reformat_amount(span, where) if kind == "price" else span
+
+    def _curated(
+        self,
+        faq_id: str,
+        where: Locality,
+        trace: Trace,
+        source: str,
+        *,
+        reply_pivot: str | None = None,
+    ) -> _Draft:
+        with trace.stage("localize") as out:
+            reply = self.localizer.curated(faq_id, where)
+            if reply is None:  # no curated localization: show the English answer, say so
+                english = locality_for(self.knowledge, "en", market=where.market)
+                reply = self.localizer.curated(faq_id, english) or ""
+                out.update(missing_localization=where.language)
+            out.update(source=source, faq_id=faq_id, locale=where.locale, market=where.market)
+        return _Draft(reply, [faq_id], source, reply_pivot)
+
+    def _fallback(
+        self, faq_id: str, where: Locality, trace: Trace, why: str, *, offer_human: bool
+    ) -> _Draft:
+        draft = self._curated(faq_id, where, trace, "fallback")
+        trace.stages[-1].output["fallback_reason"] = why
+        if not offer_human:
+            return draft
+        prefix = self.localizer.message("engine_down", where)
+        offer = self.localizer.message("handoff_offer", where)
+        return _Draft(f"{prefix}\n\n{draft.reply}\n\n{offer}", draft.faq_ids, "fallback")
+
+    def _result(
+        self,
+        text: str,
+        detection: Detection,
+        pivot: str | None,
+        where: Locality,
+        trace: Trace,
+        draft: _Draft,
+        *,
+        answered: bool,
+        handoff_reason: str | None = None,
+    ) -> TurnResult:
+        return TurnResult(
+            text=text,
+            language=detection.language,
+            detection=detection,
+            pivot=pivot,
+            faq_ids=draft.faq_ids,
+            reply=draft.reply,
+            handoff=handoff_reason is not None,
+            handoff_reason=handoff_reason,
+            answered=answered,
+            source=draft.source,
+            trace=trace,
+            locality=where,
+            reply_pivot=draft.reply_pivot,
+        )
+
+
+def _similar(a: str, b: str) -> float:
+    return difflib.SequenceMatcher(None, normalize(a), normalize(b), autojunk=False).ratio()

@@ -1,0 +1,1 @@
+"""The chat server: customer WebSocket, widget and demo page, health and metrics."""

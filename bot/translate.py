@@ -1,0 +1,257 @@
+"""Translation to and from the pivot language, behind one interface.
+
+Engines, tried in order: identity (same language), translation memory (curated and
+approved translations, exact or fuzzy), then the LLM through the OpenAI-compatible client.
+Protected spans are masked before any engine sees the text and checked after: a model
+translation that loses one is retried once, then rejected.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import time
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.errors import LLMError, TranslationError
+from bot.knowledge import Knowledge
+from bot.llm import LLMClient, OnDelta
+from bot.mask import Masked, Masker, unmask
+
+LANGUAGE_NAMES = {
+    "en": "English", "zh": "Simplified Chinese", "es": "Spanish", "fr": "French",
+    "de": "German", "ja": "Japanese", "ko": "Korean", "pt": "Brazilian Portuguese",
+    "it": "Italian", "ru": "Russian", "ar": "Arabic", "nl": "Dutch",
+}  # fmt: skip
+_NORMALIZE = re.compile(r"[\s\W_]+", re.UNICODE)
+_PREAMBLE = re.compile(
+    r"^\s*(?:translation|traducción|traduction|übersetzung|翻译|翻訳)\s*[:：]\s*", re.I
+)
+
+
+@dataclass(frozen=True)
+class Translation:
+    text: str
+    source: str
+    target: str
+    engine: str  # identity | memory | cache | llm
+    placeholders: tuple[str, ...] = ()
+    similarity: float = 1.0
+    usage: dict[str, Any] | None = None
+    ms: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "engine": self.engine,
+            "source": self.source,
+            "target": self.target,
+            "text": self.text,
+            "placeholders": list(self.placeholders),
+            "ms": round(self.ms, 2),
+        }
+        if self.engine == "memory":
+            out["similarity"] = round(self.similarity, 3)
+        if self.usage:
+            out["usage"] = self.usage
+        return out
+
+
+def normalize(text: str) -> str:
+    return _NORMALIZE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+@dataclass
+class TranslationMemory:
+    """Exact and fuzzy lookup of known translations, per language pair."""
+
+    _exact: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    _pairs: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
+
+    def add(self, source: str, target: str, text: str, translation: str) -> None:
+        key = normalize(text)
+        if not key:
+            return
+        if (source, target, key) not in self._exact:
+            self._pairs.setdefault((source, target), []).append((key, translation))
+        self._exact[(source, target, key)] = translation
+
+    def __len__(self) -> int:
+        return len(self._exact)
+
+    def lookup(
+        self, source: str, target: str, text: str, *, min_similarity: float = 1.0
+    ) -> tuple[str, float] | None:
+        key = normalize(text)
+        hit = self._exact.get((source, target, key))
+        if hit is not None:
+            return hit, 1.0
+        if min_similarity >= 1.0:
+            return None
+        best: tuple[str, float] | None = None
+        matcher = difflib.SequenceMatcher(autojunk=False)
+        matcher.set_seq2(key)
+        for candidate, translation in self._pairs.get((source, target), ()):
+            if abs(len(candidate) - len(key)) > len(key) * (1 - min_similarity) + 2:
+                continue
+            matcher.set_seq1(candidate)
+            if matcher.quick_ratio() < min_similarity:
+                continue
+            ratio = matcher.ratio()
+            if ratio >= min_similarity and (best is None or ratio > best[1]):
+                best = (translation, ratio)
+        return best
+
+    @classmethod
+    def from_knowledge(cls, knowledge: Knowledge) -> TranslationMemory:
+        """Seed with curated content: localized questions -> the entry's English question,
+        and the bot's own messages in both directions."""
+        memory = cls()
+        english_messages = knowledge.i18n["en"].messages if "en" in knowledge.i18n else {}
+        for loc in knowledge.i18n.values():
+            if loc.language == "en":
+                continue
+            for faq_id, localized in loc.faq.items():
+                canonical = knowledge.entries[faq_id].questions[0]
+                for question in localized.questions:
+                    memory.add(loc.language, "en", question, canonical)
+            for key, text in loc.messages.items():
+                if key in english_messages and "{" not in text:
+                    memory.add(loc.language, "en", text, english_messages[key])
+                    memory.add("en", loc.language, english_messages[key], text)
+        return memory
+
+
+def _prompt(source: str, target: str, register: str | None) -> str:
+    src, tgt = LANGUAGE_NAMES.get(source, source), LANGUAGE_NAMES.get(target, target)
+    lines = [
+        f"You translate customer-service chat messages of the online shop Meridian Goods "
+        f"from {src} to {tgt}.",
+        "Keep every token written like {1} or {2} exactly as it is, in a sensible position.",
+        "Reply with the translation only: no notes, no quotes, no explanations.",
+    ]
+    if register:
+        lines.append(f"Address the customer as a support agent would, using {register}.")
+    return "\n".join(lines)
+
+
+class Translator:
+    def __init__(
+        self,
+        knowledge: Knowledge,
+        masker: Masker,
+        memory: TranslationMemory,
+        llm: LLMClient | None,
+        *,
+        min_similarity: float = 0.92,
+        max_tokens: int = 400,
+        language_of: Callable[[str], str | None] | None = None,
+        cache_size: int = 2048,
+    ) -> None:
+        self.knowledge = knowledge
+        self.masker = masker
+        self.memory = memory
+        self.llm = llm
+        self.min_similarity = min_similarity
+        self.max_tokens = max_tokens
+        self._language_of = language_of
+        self._cache: OrderedDict[tuple[str, str, str], str] = OrderedDict()
+        self._cache_size = cache_size
+
+    async def translate(
+        self,
+        text: str,
+        source: str,
+        target: str,
+        *,
+        render: Callable[[str, str], str] | None = None,
+        on_delta: OnDelta | None = None,
+    ) -> Translation:
+        """Translate ``text``; ``render(kind, span)`` may re-format protected spans
+        (amounts for the target locale). Raises TranslationError or LLMError."""
+        started = time.perf_counter()
+        masked = self.masker.mask(text)
+        placeholders = tuple(masked.placeholders)
+
+        def done(out: str, engine: str, **extra: Any) -> Translation:
+            ms = (time.perf_counter() - started) * 1000
+            return Translation(out, source, target, engine, placeholders, ms=ms, **extra)
+
+        if source == target or not normalize(masked.text.replace("{", " ")):
+            return done(text, "identity")
+        hit = self.memory.lookup(source, target, text, min_similarity=self.min_similarity)
+        if hit is not None:
+            return done(hit[0], "memory", similarity=hit[1])
+        cached = self._cache.get((source, target, text))
+        if cached is not None:
+            self._cache.move_to_end((source, target, text))
+            return done(cached, "cache")
+        if self.llm is None:
+            raise TranslationError("no translation engine available", code="engine_unavailable")
+        out, usage = await self._with_model(masked, source, target, render, on_delta)
+        self._cache[(source, target, text)] = out
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return done(out, "llm", usage=usage)
+
+    async def _with_model(
+        self,
+        masked: Masked,
+        source: str,
+        target: str,
+        render: Callable[[str, str], str] | None,
+        on_delta: OnDelta | None,
+    ) -> tuple[str, dict[str, Any]]:
+        assert self.llm is not None
+        settings = self.knowledge.languages.get(target)
+        register = None
+        if settings and target != "en" and settings.pronoun:
+            register = f"{settings.register} address ({settings.pronoun})"
+        problem = ""
+        for attempt in range(2):
+            system = _prompt(source, target, register)
+            if attempt:
+                system += f"\nYour previous answer was rejected: {problem}. Try again."
+            completion = await self.llm.chat(
+                [{"role": "system", "content": system}, {"role": "user", "content": masked.text}],
+                max_tokens=self.max_tokens,
+                temperature=0.0,
+                on_delta=on_delta if attempt == 0 else None,
+            )
+            candidate = _clean(completion.text)
+            try:
+                spans = {
+                    i + 1: render(s.kind, s.text) if render else s.text
+                    for i, s in enumerate(masked.spans)
+                }
+                restored = unmask(candidate, masked, render=spans)
+            except ValueError as exc:
+                problem = str(exc)
+                continue
+            if not restored.strip():
+                problem = "empty translation"
+                continue
+            if self._wrong_language(restored, source, target):
+                problem = f"the text is not in {LANGUAGE_NAMES.get(target, target)}"
+                continue
+            return restored, completion.usage()
+        raise TranslationError(f"model translation {source}->{target} rejected: {problem}")
+
+    def _wrong_language(self, text: str, source: str, target: str) -> bool:
+        if self._language_of is None or sum(ch.isalpha() for ch in text) < 15:
+            return False
+        detected = self._language_of(text)
+        return detected is not None and detected != target and detected == source
+
+
+def _clean(text: str) -> str:
+    text = _PREAMBLE.sub("", text.strip())
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'“”«»「」":
+        text = text[1:-1]
+    return text.strip()
+
+
+__all__ = ["LLMError", "Translation", "TranslationMemory", "Translator", "normalize"]

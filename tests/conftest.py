@@ -1,0 +1,64 @@
+"""Shared fixtures: the real config, knowledge base, FAQ index and pipeline.
+
+Everything is real: the FAISS index is built from knowledge/ with the packaged embedding
+model (once per session, reused when it is current), the detectors are the real ones.
+Timeouts in tests scale with BOT_TEST_TIMEOUT_FACTOR on slow machines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.config import Config, load_config
+from bot.knowledge import Knowledge, load_knowledge
+from bot.pipeline import Pipeline
+from bot.retrieve import META_FILE, Embedder, build_index
+
+pytest_plugins = ["tests.engine_plugin"]
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+TIMEOUT_FACTOR = float(os.environ.get("BOT_TEST_TIMEOUT_FACTOR", "1"))
+LANGUAGES = ("en", "zh", "es", "fr", "de", "ja", "ko", "pt", "it", "ru", "ar", "nl")
+
+
+def questions(language: str) -> dict[str, Any]:
+    """Held-out evaluation data for one language (tests/data/questions/LL.toml)."""
+    with (DATA / "questions" / f"{language}.toml").open("rb") as f:
+        return tomllib.load(f)
+
+
+@pytest.fixture(scope="session")
+def config() -> Config:
+    return load_config(ROOT / "config.toml", environ={})
+
+
+@pytest.fixture(scope="session")
+def knowledge(config: Config) -> Knowledge:
+    return load_knowledge(config.shop.knowledge_dir)
+
+
+@pytest.fixture(scope="session")
+def index_dir(config: Config, knowledge: Knowledge) -> Path:
+    """The FAQ index for the current knowledge; built here if `bot index` was not run."""
+    directory = config.retrieve.index_dir
+    meta = directory / META_FILE
+    current = (
+        meta.exists()
+        and json.loads(meta.read_text("utf-8")).get("fingerprint") == knowledge.fingerprint
+    )
+    if not current:
+        build_index(knowledge, directory, Embedder(), progress=False)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def pipeline(config: Config, index_dir: Path) -> Pipeline:
+    """The real pipeline without a model engine (curated and retrieval paths)."""
+    return Pipeline.build(config.replace(generate={"mode": "never"}), None)

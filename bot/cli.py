@@ -95,12 +95,10 @@ def _parser() -> argparse.ArgumentParser:
     _engine_flags(p)
     p.set_defaults(func=cmd_ask)
 
+    from bot.models import cli as model_cli
     from bot.server import cli as server_cli
 
-    with contextlib.suppress(ImportError):  # TEMP until bot.models.cli lands
-        from bot.models import cli as model_cli
-
-        model_cli.register(sub)
+    model_cli.register(sub)
     server_cli.register(sub)
     return parser
 

@@ -48,8 +48,8 @@ class DetectConfig:
 class RetrieveConfig:
     index_dir: Path
     top_k: int = 3
-    answer_threshold: float = 0.86
-    direct_threshold: float = 0.89
+    answer_threshold: float = 0.83
+    direct_threshold: float = 0.87
     direct_margin: float = 0.015
 
     def __post_init__(self) -> None:

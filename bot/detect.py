@@ -173,7 +173,8 @@ class LanguageDetector:
             second = self._langdetect(text)
             if second:
                 scores = {lang: 0.7 * scores[lang] + 0.3 * second.get(lang, 0.0) for lang in scores}
-        return scores
+        # langdetect's sampling leaves noise in the last bits: round it away (determinism).
+        return {lang: round(score, 6) for lang, score in scores.items()}
 
     def _langdetect(self, text: str) -> dict[str, float]:
         with self._lock:  # a langdetect Detector is cheap but its factory is shared

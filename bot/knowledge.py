@@ -17,6 +17,7 @@ from typing import Any
 
 from bot.errors import KnowledgeError
 
+OUT_OF_SCOPE = "_out_of_scope"  # pseudo FAQ id of the off-topic examples
 TEMPLATE = re.compile(r"\{(money|length|weight|shop):([A-Za-z0-9_]+)\}")
 TOPICS = (
     "orders",
@@ -114,6 +115,7 @@ class Knowledge:
     entries: Mapping[str, FaqEntry]
     i18n: Mapping[str, Localization]
     fingerprint: str
+    out_of_scope: tuple[str, ...] = ()  # off-topic examples, any language
 
     def entry(self, faq_id: str) -> FaqEntry:
         try:
@@ -171,6 +173,8 @@ class Knowledge:
             for faq_id, localized in loc.faq.items():
                 for q in localized.questions:
                     yield faq_id, q
+        for text in self.out_of_scope:
+            yield OUT_OF_SCOPE, text
 
 
 def strip_templates(text: str) -> str:
@@ -242,6 +246,7 @@ def load_knowledge(directory: Path) -> Knowledge:
         entries=entries,
         i18n=i18n,
         fingerprint=digest.hexdigest()[:16],
+        out_of_scope=_out_of_scope(directory / "out_of_scope.toml"),
     )
     _check_templates(knowledge)
     return knowledge
@@ -258,6 +263,13 @@ def _read(path: Path) -> dict[str, Any]:
         raise KnowledgeError(f"missing knowledge file: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise KnowledgeError(f"{path}: {exc}") from exc
+
+
+def _out_of_scope(path: Path) -> tuple[str, ...]:
+    if not path.exists():
+        return ()
+    examples = _read(path).get("examples", {})
+    return tuple(text for texts in examples.values() for text in texts)
 
 
 def _fact(key: str, raw: Mapping[str, Any]) -> Fact:

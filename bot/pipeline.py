@@ -27,7 +27,7 @@ from bot.config import Config
 from bot.detect import Detection, LanguageDetector, Lexicon, load_lexicon
 from bot.errors import LLMError, TranslationError
 from bot.generate import Passage, generate_reply
-from bot.knowledge import Knowledge, load_knowledge
+from bot.knowledge import OUT_OF_SCOPE, Knowledge, load_knowledge
 from bot.llm import LLMClient
 from bot.localize import Locality, Localizer, locality_for
 from bot.mask import Masker
@@ -190,8 +190,17 @@ class Pipeline:
                 k=self.config.retrieve.top_k,
                 pivot=pivot,
             )
-            answerable = [h for h in hits if h.score >= self.config.retrieve.answer_threshold]
-            out.update(hits=[h.as_dict() for h in hits], answered=bool(answerable))
+            off_topic = bool(hits) and hits[0].faq_id == OUT_OF_SCOPE
+            answerable = [
+                h
+                for h in hits
+                if h.dense >= self.config.retrieve.answer_threshold and h.faq_id != OUT_OF_SCOPE
+            ]
+            if off_topic:
+                answerable = []
+            out.update(
+                hits=[h.as_dict() for h in hits], answered=bool(answerable), off_topic=off_topic
+            )
 
         top = answerable[0] if answerable else None
         decision = handoff.decide(
@@ -255,7 +264,7 @@ class Pipeline:
         runner_up = hits[1].score if len(hits) > 1 else 0.0
         specifics = self.masker.find(text)
         direct = (
-            top.score >= self.config.retrieve.direct_threshold
+            top.dense >= self.config.retrieve.direct_threshold
             and top.score - runner_up >= self.config.retrieve.direct_margin
             and not [s for s in specifics if s.kind != "term"]
         )

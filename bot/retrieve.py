@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bot.errors import IndexMissingError
-from bot.knowledge import Knowledge, strip_templates
+from bot.knowledge import OUT_OF_SCOPE, Knowledge, strip_templates
 
 INDEX_FILE = "faq.faiss"
 ANSWERS_FILE = "answers.faiss"
@@ -64,11 +64,17 @@ class Embedder:
 @dataclass(frozen=True)
 class Hit:
     faq_id: str
-    score: float
+    score: float  # ranking score: dense + lexical
     matched: str  # the indexed question that matched best
+    dense: float = 0.0  # the embedding part alone: what the "no answer" threshold reads
 
     def as_dict(self) -> dict[str, object]:
-        return {"id": self.faq_id, "score": round(self.score, 4), "matched": self.matched}
+        return {
+            "id": self.faq_id,
+            "score": round(self.score, 4),
+            "dense": round(self.dense, 4),
+            "matched": self.matched,
+        }
 
 
 @dataclass(frozen=True)
@@ -211,9 +217,16 @@ class Retriever:
                 if row < 0:
                     continue
                 faq_id = ids[row]
-                combined = (float(score) + self.answer_weight * answer_sim.get(faq_id, 0.0)) / (
-                    1 + self.answer_weight
-                ) + self.lexical_weight * lexical.get(faq_id, 0.0)
+                if faq_id == OUT_OF_SCOPE:
+                    # Off-topic when an off-topic example is the nearest question outright:
+                    # the answer and lexical terms must not lift an FAQ over it.
+                    dense = float(score)
+                    combined = dense + (1.0 if row == qr[0] else 0.0)
+                else:
+                    dense = (float(score) + self.answer_weight * answer_sim.get(faq_id, 0.0)) / (
+                        1 + self.answer_weight
+                    )
+                    combined = dense + self.lexical_weight * lexical.get(faq_id, 0.0)
                 if faq_id not in best or combined > best[faq_id].score:
-                    best[faq_id] = Hit(faq_id, combined, texts_[row])
+                    best[faq_id] = Hit(faq_id, combined, texts_[row], dense)
         return sorted(best.values(), key=lambda h: h.score, reverse=True)[:k]

@@ -128,14 +128,38 @@ class TranslationMemory:
 def _prompt(source: str, target: str, register: str | None) -> str:
     src, tgt = LANGUAGE_NAMES.get(source, source), LANGUAGE_NAMES.get(target, target)
     lines = [
-        f"You translate customer-service chat messages of the online shop Meridian Goods "
-        f"from {src} to {tgt}.",
-        "Keep every token written like {1} or {2} exactly as it is, in a sensible position.",
+        f"You translate chat messages of the online shop Meridian Goods from {src} to {tgt}.",
+        "Translate the meaning exactly: a question stays a question. Never answer the message.",
+        "Keep every token written like {1} or {2} exactly as it is.",
         "Reply with the translation only: no notes, no quotes, no explanations.",
     ]
     if register:
         lines.append(f"Address the customer as a support agent would, using {register}.")
     return "\n".join(lines)
+
+
+# Curated pairs shown to the model before the text (few-shot): small models otherwise tend
+# to answer a question instead of translating it. Taken from the knowledge base, so every
+# language pair gets examples written by its localizer.
+_SHOT_QUESTIONS = ("orders.track", "returns.start")
+_SHOT_MESSAGES = ("handoff_offer",)
+
+
+def few_shot(knowledge: Knowledge, source: str, target: str) -> list[tuple[str, str]]:
+    """(source text, target text) examples for a language pair, from curated content."""
+    sides = {}
+    for lang in (source, target):
+        loc = knowledge.i18n.get(lang)
+        if loc is None:
+            return []
+        questions = [
+            knowledge.entries[i].questions[0] if lang == "en" else loc.faq[i].questions[0]
+            for i in _SHOT_QUESTIONS
+            if i in knowledge.entries and (lang == "en" or i in loc.faq)
+        ]
+        messages = [loc.messages[k] for k in _SHOT_MESSAGES if k in loc.messages]
+        sides[lang] = questions + messages
+    return [(a, b) for a, b in zip(sides[source], sides[target], strict=False)]
 
 
 class Translator:
@@ -160,6 +184,7 @@ class Translator:
         self._language_of = language_of
         self._cache: OrderedDict[tuple[str, str, str], str] = OrderedDict()
         self._cache_size = cache_size
+        self._shot_cache: dict[tuple[str, str], list[tuple[str, str]]] = {}
 
     async def translate(
         self,
@@ -215,8 +240,13 @@ class Translator:
             system = _prompt(source, target, register)
             if attempt:
                 system += f"\nYour previous answer was rejected: {problem}. Try again."
+            messages: list[dict[str, str]] = [{"role": "system", "content": system}]
+            for example, translation in self._shots(source, target):
+                messages.append({"role": "user", "content": example})
+                messages.append({"role": "assistant", "content": translation})
+            messages.append({"role": "user", "content": masked.text})
             completion = await self.llm.chat(
-                [{"role": "system", "content": system}, {"role": "user", "content": masked.text}],
+                messages,
                 max_tokens=self.max_tokens,
                 temperature=0.0,
                 on_delta=on_delta if attempt == 0 else None,
@@ -239,6 +269,12 @@ class Translator:
                 continue
             return restored, completion.usage()
         raise TranslationError(f"model translation {source}->{target} rejected: {problem}")
+
+    def _shots(self, source: str, target: str) -> list[tuple[str, str]]:
+        key = (source, target)
+        if key not in self._shot_cache:
+            self._shot_cache[key] = few_shot(self.knowledge, source, target)
+        return self._shot_cache[key]
 
     def _wrong_language(self, text: str, source: str, target: str) -> bool:
         if self._language_of is None or sum(ch.isalpha() for ch in text) < 15:

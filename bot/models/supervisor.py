@@ -113,8 +113,7 @@ class EmbeddedEngine:
     async def wait(self) -> None:
         """Return when supervision ends: the child kept dying and was given up on."""
         if self._supervisor is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._supervisor)
+            await asyncio.wait({self._supervisor})  # unlike awaiting it, never cancels it
 
     def tail(self, lines: int = 25) -> str:
         """The last lines the child wrote to its log."""
@@ -192,7 +191,11 @@ class EmbeddedEngine:
             )
             await asyncio.sleep(delay)
             await self._kill_group(self._proc.pid)
-            self._proc = await self._launch()
+            try:
+                self._proc = await self._launch()
+            except ModelError as exc:
+                log.error("engine restart failed; giving up: %s", exc)
+                return
             self.restarts += 1
             try:
                 await self._wait_ready(self._proc)

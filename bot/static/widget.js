@@ -309,8 +309,17 @@
   }
 
   // -------------------------------------------------------- messages
-  const nearEnd = () => el.log.scrollHeight - el.log.scrollTop - el.log.clientHeight < 80;
-  const scrollToEnd = () => { el.log.scrollTop = el.log.scrollHeight; };
+  // The log scrolls smoothly, so right after scrollToEnd() scrollTop is still on its way:
+  // count the view as "at the end" until that scroll has had time to finish, or a reply that
+  // follows its ack within a few hundred ms would not be followed.
+  let autoScroll = 0;
+  const nearEnd = () =>
+    !!autoScroll || el.log.scrollHeight - el.log.scrollTop - el.log.clientHeight < 80;
+  const scrollToEnd = () => {
+    el.log.scrollTop = el.log.scrollHeight;
+    clearTimeout(autoScroll);
+    autoScroll = setTimeout(() => { autoScroll = 0; }, 800);
+  };
 
   /** Put a bubble in seq order: server events go before the still-pending customer bubbles. */
   function place(node, { atEnd = false } = {}) {

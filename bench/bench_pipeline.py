@@ -1,0 +1,155 @@
+"""Pipeline speed: the per-turn budget, the index build, and full turns with the model.
+
+    python bench/bench_pipeline.py [--engine] [--turns N]
+
+1. Index build for the whole knowledge base (cold: embeddings computed from scratch).
+2. detect + retrieve + localize per turn (model calls excluded) over the held-out
+   questions of every launch language: median and p95 against the 20 ms goal.
+3. With --engine: full turns through the model (generate.mode=always), per stage, with
+   the configured engine (model.url, a running engine, or the embedded one started here):
+   first streamed token and whole-turn latency against the 2.5 s / 8 s goals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bot.config import load_config  # noqa: E402
+from bot.knowledge import load_knowledge  # noqa: E402
+from bot.llm import LLMClient  # noqa: E402
+from bot.pipeline import Pipeline, TurnContext  # noqa: E402
+from bot.retrieve import Embedder, build_index  # noqa: E402
+
+LANGS = ("en", "zh", "es", "fr", "de", "ja", "ko", "pt", "it", "ru", "ar", "nl")
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def cases() -> list[tuple[str, str]]:
+    out = []
+    for lang in LANGS:
+        path = ROOT / "tests" / "data" / "questions" / f"{lang}.toml"
+        if path.exists():
+            data = tomllib.loads(path.read_text("utf-8"))
+            out += [(lang, c["text"]) for c in data["case"]]
+    return out
+
+
+def bench_index() -> None:
+    config = load_config()
+    knowledge = load_knowledge(config.shop.knowledge_dir)
+    embedder = Embedder(threads=config.model.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        info = build_index(knowledge, Path(tmp), embedder, progress=False)
+    print("== index build (cold) ==")
+    print(
+        f"  {info.entries} FAQ entries, {info.vectors} vectors: {info.seconds:.1f} s "
+        f"(goal < 60 s: {info.seconds / 60:.2f}x of budget)"
+    )
+
+
+async def bench_budget() -> None:
+    config = load_config().replace(generate={"mode": "never"})
+    pipeline = await asyncio.to_thread(Pipeline.build, config, None)
+    turns = cases()
+    for lang, text in turns[:24]:  # warm-up: lazy detector models, caches
+        await pipeline.answer(text, TurnContext(locale_hint=lang))
+    per_stage: dict[str, list[float]] = {}
+    budget: list[float] = []
+    for lang, text in turns:
+        result = await pipeline.answer(text, TurnContext(locale_hint=lang))
+        ms = {s.stage: s.ms for s in result.trace.stages}
+        for stage, value in ms.items():
+            per_stage.setdefault(stage, []).append(value)
+        budget.append(ms.get("detect", 0) + ms.get("retrieve", 0) + ms.get("localize", 0))
+    print(
+        f"== detect + retrieve + localize, {len(turns)} held-out turns in {len(LANGS)} languages =="
+    )
+    for stage, values in per_stage.items():
+        print(
+            f"  {stage:14s} median {statistics.median(values):7.2f} ms"
+            f"   p95 {pct(values, 95):7.2f} ms"
+        )
+    med = statistics.median(budget)
+    print(
+        f"  {'per turn':14s} median {med:7.2f} ms   p95 {pct(budget, 95):7.2f} ms   "
+        f"(goal < 20 ms median: {med / 20:.2f}x of budget)"
+    )
+
+
+async def bench_engine(n: int) -> None:
+    from bot.cli import _llm
+
+    config = load_config().replace(generate={"mode": "always"})
+    args = argparse.Namespace(engine="auto")
+    async with _llm(args, config) as llm:
+        assert isinstance(llm, LLMClient)
+        pipeline = await asyncio.to_thread(Pipeline.build, config, llm)
+        sample = [c for c in cases() if c[0] in ("en", "es", "de", "zh", "fr", "ja")]
+        sample = sample[:: max(1, len(sample) // n)][:n]
+        await pipeline.answer("How long does delivery take?", TurnContext())  # warm-up
+        first: list[float] = []
+        total: list[float] = []
+        per_stage: dict[str, list[float]] = {}
+        sources: dict[str, int] = {}
+        for lang, text in sample:
+            started = time.perf_counter()
+            seen: list[float] = []
+
+            async def on_delta(_: str, seen: list[float] = seen, started: float = started) -> None:
+                if not seen:
+                    seen.append((time.perf_counter() - started) * 1000)
+
+            result = await pipeline.answer(text, TurnContext(locale_hint=lang), on_delta=on_delta)
+            total.append((time.perf_counter() - started) * 1000)
+            if seen:
+                first.append(seen[0])
+            sources[result.source] = sources.get(result.source, 0) + 1
+            for s in result.trace.stages:
+                per_stage.setdefault(s.stage, []).append(s.ms)
+    print(
+        f"== full turns through the model ({config.model.engine}, {config.model.name}), "
+        f"{len(sample)} turns =="
+    )
+    for stage, values in per_stage.items():
+        print(
+            f"  {stage:14s} median {statistics.median(values):8.1f} ms"
+            f"   p95 {pct(values, 95):8.1f} ms"
+        )
+    if first:
+        print(f"  first streamed token median {statistics.median(first):8.1f} ms (goal < 2500 ms)")
+    print(
+        f"  whole turn    median {statistics.median(total):8.1f} ms   p95 {pct(total, 95):8.1f} ms "
+        f"(goal < 8000 ms median)"
+    )
+    print(f"  reply sources: {sources}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--engine", action="store_true", help="also run full turns with the model")
+    parser.add_argument("--turns", type=int, default=24)
+    parser.add_argument("--skip-index", action="store_true")
+    args = parser.parse_args()
+    if not args.skip_index:
+        bench_index()
+    asyncio.run(bench_budget())
+    if args.engine:
+        asyncio.run(bench_engine(args.turns))
+
+
+if __name__ == "__main__":
+    main()

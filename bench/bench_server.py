@@ -1,0 +1,256 @@
+"""Chat server capacity on this machine: one `bot serve` process, curated path, no model.
+
+    .venv/bin/python bench/bench_server.py [--idle 2000] [--customers 200] [--turns 5]
+
+1. Idle sockets: ``--idle`` customers connect and finish hello/welcome, then stay idle;
+   the server's extra resident memory (VmRSS from /proc/PID/status) per socket.
+2. Turns: ``--customers`` customers at once, each asking ``--turns`` questions one after
+   the other; each question is a curated FAQ question in the customer's language (a
+   translation-memory hit, answered with the curated localized text: no model call).
+   Latency is from sending the message to receiving its final ``reply``.
+
+The server runs as a subprocess (``python -m bot.cli serve --no-engine``) on a fresh SQLite
+database in a temporary folder; this process and the server both raise their open-files
+limit. Prints a table; exit status 1 if a turn got an error or the server did not exit 0.
+("answered_other_faq" counts curated questions the retriever mapped to another entry.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import re
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bot.knowledge import load_knowledge  # noqa: E402
+
+LANGUAGES = ("es", "de", "fr", "it", "pt", "nl", "ja", "zh", "ko", "ru", "ar", "en")
+
+
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def rss_kib(pid: int) -> int:
+    text = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"^VmRSS:\s+(\d+) kB", text, re.M)
+    assert match, text
+    return int(match.group(1))
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def questions() -> list[tuple[str, str, str]]:
+    """(language, FAQ id, curated question) for every localized FAQ entry."""
+    knowledge = load_knowledge(ROOT / "knowledge")
+    out = []
+    for lang in LANGUAGES:
+        if lang == "en":
+            out += [("en", fid, e.questions[0]) for fid, e in knowledge.entries.items()]
+        elif lang in knowledge.i18n:
+            loc = knowledge.i18n[lang]
+            out += [(lang, fid, entry.questions[0]) for fid, entry in loc.faq.items()]
+    return out
+
+
+def start_server(db: str, port: int) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")}
+    cli = [sys.executable, "-m", "bot.cli"]
+    subprocess.run([*cli, "db", "upgrade", "--db", db], cwd=ROOT, env=env, check=True)
+    return subprocess.Popen(
+        [*cli, "serve", "--no-engine", "--port", str(port), "--db", db],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_ready(proc: subprocess.Popen[str]) -> str:
+    """The server's base URL, once it prints it."""
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        match = re.search(r"serving (http://\S+)/ ", line)
+        if match:
+            # Keep draining stderr so a chatty server never blocks on a full pipe.
+            asyncio.get_event_loop().run_in_executor(None, proc.stderr.read)
+            return match.group(1)
+    raise SystemExit(f"the server did not start (exit {proc.wait()})")
+
+
+async def hello(url: str, locale: str) -> tuple[ClientConnection, dict[str, Any]]:
+    ws = await connect(url, open_timeout=60, max_queue=64)
+    await ws.send(json.dumps({"type": "hello", "v": 1, "locale": locale}))
+    welcome = json.loads(await ws.recv())
+    assert welcome["type"] == "welcome", welcome
+    return ws, welcome
+
+
+async def idle_sockets(url: str, pid: int, count: int) -> dict[str, float]:
+    await asyncio.sleep(1)
+    before = rss_kib(pid)
+    started = time.perf_counter()
+    sockets: list[ClientConnection] = []
+    for start in range(0, count, 200):  # batches: the listen backlog is 100
+        batch = await asyncio.gather(
+            *(
+                hello(url, LANGUAGES[i % len(LANGUAGES)])
+                for i in range(start, min(count, start + 200))
+            )
+        )
+        sockets += [ws for ws, _ in batch]
+    seconds = time.perf_counter() - started
+    await asyncio.sleep(2)  # let the server settle
+    after = rss_kib(pid)
+    for ws in sockets:
+        await ws.close()
+    return {
+        "sockets": count,
+        "rss_before_mib": before / 1024,
+        "rss_after_mib": after / 1024,
+        "extra_mib": (after - before) / 1024,
+        "per_socket_kib": (after - before) / count,
+        "connect_hello_per_s": count / seconds,
+    }
+
+
+async def customer(
+    url: str,
+    lang: str,
+    asks: list[tuple[str, str, str]],
+    latencies: list[float],
+    errors: list[str],
+    other_faq: list[str],
+) -> None:
+    ws, _ = await hello(url, lang)
+    try:
+        for n, (_, faq_id, text) in enumerate(asks):
+            mid = f"q{n}-{random.getrandbits(48):x}"
+            sent = time.perf_counter()
+            await ws.send(json.dumps({"type": "message", "id": mid, "text": text}))
+            while True:
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 120))
+                if frame["type"] == "error":
+                    errors.append(f"{frame['code']}: {text}")
+                    break
+                if frame["type"] == "reply" and frame.get("reply_to") == mid:
+                    latencies.append(time.perf_counter() - sent)
+                    if faq_id not in frame["faq_ids"]:
+                        other_faq.append(f"{text!r} -> {frame['faq_ids']} (curated for {faq_id})")
+                    break
+    finally:
+        await ws.close()
+
+
+async def turns(url: str, pid: int, customers: int, per_customer: int) -> dict[str, float]:
+    pool = questions()
+    by_lang: dict[str, list[tuple[str, str, str]]] = {}
+    for item in pool:
+        by_lang.setdefault(item[0], []).append(item)
+    for lang, items in by_lang.items():  # first use of each language loads its detectors
+        await customer(url, lang, items[:1], [], [], [])
+    latencies: list[float] = []
+    errors: list[str] = []
+    other_faq: list[str] = []
+    rng = random.Random(7)
+    plans = []
+    for i in range(customers):
+        lang = LANGUAGES[i % len(LANGUAGES)]
+        plans.append((lang, rng.sample(by_lang[lang], per_customer)))
+    cpu_before = cpu_seconds(pid)
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(customer(url, lang, asks, latencies, errors, other_faq) for lang, asks in plans)
+    )
+    wall = time.perf_counter() - started
+    cpu = cpu_seconds(pid) - cpu_before
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1000
+
+    for line in errors[:10] + other_faq[:10]:
+        print("  ", line, file=sys.stderr)
+    return {
+        "customers": customers,
+        "turns": len(latencies),
+        "errors": len(errors),
+        "answered_other_faq": len(other_faq),
+        "p50_ms": pct(50),
+        "p95_ms": pct(95),
+        "p99_ms": pct(99),
+        "mean_ms": statistics.fmean(latencies) * 1000,
+        "max_ms": latencies[-1] * 1000,
+        "turns_per_s": len(latencies) / wall,
+        "server_cpu_s_per_turn": cpu / max(len(latencies), 1),
+        "wall_s": wall,
+    }
+
+
+def table(title: str, rows: dict[str, float]) -> None:
+    print(f"\n{title}")
+    print("-" * 44)
+    for key, value in rows.items():
+        shown = f"{value:,.0f}" if isinstance(value, int) else f"{value:,.2f}"
+        print(f"{key:<26}{shown:>18}")
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--idle", type=int, default=2000)
+    parser.add_argument("--customers", type=int, default=200)
+    parser.add_argument("--turns", type=int, default=5)
+    parser.add_argument("--port", type=int, default=18080)
+    args = parser.parse_args()
+    nofile = raise_nofile()
+    with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
+        db = f"sqlite+aiosqlite:///{tmp}/bench.db"
+        proc = start_server(db, args.port)
+        try:
+            base = wait_ready(proc)
+            health = await asyncio.to_thread(get_json, base + "/healthz")
+            url = base.replace("http://", "ws://") + "/ws/chat"
+            print(f"server pid {proc.pid} at {base}; open files limit {nofile}; {health}")
+            idle = await idle_sockets(url, proc.pid, args.idle)
+            table(f"{args.idle} idle customer sockets (hello/welcome done)", idle)
+            busy = await turns(url, proc.pid, args.customers, args.turns)
+            table(
+                f"{args.customers} concurrent customers x {args.turns} turns (curated path)", busy
+            )
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=60)
+        print(f"\nserver exit status after SIGTERM: {code}")
+    return 0 if code == 0 and not busy["errors"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))

@@ -1,0 +1,180 @@
+"""The server's lifespan: every shared resource, opened in order and closed in reverse.
+
+    async with App(config) as app:      # store (schema checked), model client, embedded
+        await stop.wait()               # engine, pipeline (built in a thread), server
+
+On exit: stop accepting, let turns in flight finish for ``grace`` seconds (then cancel
+them: their messages are answered when the customer resumes), close sockets with 1001,
+then the engine, the model client and the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from types import TracebackType
+
+from websockets.asyncio.server import Server, serve
+from websockets.frames import CloseCode
+
+from bot.config import Config
+from bot.llm import LLMClient
+from bot.pipeline import Pipeline
+from bot.server.chat import ChatHandler
+from bot.server.http import CHAT_PATH, Routes, load_static
+from bot.server.metrics import Metrics
+from bot.server.rooms import Hub
+from bot.server.texts import Texts
+from bot.server.turns import Turns
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE = 5.0
+
+
+class App:
+    store: Store
+    pipeline: Pipeline
+    turns: Turns
+    llm: LLMClient | None
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        engine: bool = True,
+        pipeline: Pipeline | None = None,
+        grace: float = SHUTDOWN_GRACE,
+    ) -> None:
+        """``engine=False``: never start the embedded engine. ``pipeline``: use this one
+        (already built, with its own model client) instead of building one."""
+        self.config = config
+        self.engine = engine
+        self.grace = grace
+        self._given_pipeline = pipeline
+        self._stack = contextlib.AsyncExitStack()
+        self._server: Server | None = None
+        self.metrics = Metrics()
+        self.hub = Hub()
+
+    async def __aenter__(self) -> App:
+        await self._stack.__aenter__()
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.aclose()
+
+    async def _start(self) -> None:
+        stack, config = self._stack, self.config
+        self.store = await stack.enter_async_context(Store(config.database))
+        await self.store.check_schema()
+        self.llm = None
+        if self._given_pipeline is not None:
+            self.pipeline = self._given_pipeline
+            self.llm = self.pipeline.llm
+        else:
+            if config.model.url or self.engine:
+                self.llm = await stack.enter_async_context(LLMClient(config.model))
+            if self.llm is not None and self.engine and config.model.embedded:
+                await self._start_engine(self.llm)
+            self.pipeline = await asyncio.to_thread(Pipeline.build, config, self.llm)
+        await self._load_translation_memory()
+
+        texts = Texts(self.pipeline)
+        self.turns = Turns(
+            store=self.store,
+            pipeline=self.pipeline,
+            hub=self.hub,
+            texts=texts,
+            metrics=self.metrics,
+        )
+        handler = ChatHandler(
+            config=config.server,
+            store=self.store,
+            hub=self.hub,
+            turns=self.turns,
+            texts=texts,
+            metrics=self.metrics,
+        )
+        routes = Routes(
+            config=config.server,
+            store=self.store,
+            pipeline=self.pipeline,
+            llm=self.llm,
+            metrics=self.metrics,
+            static=await asyncio.to_thread(load_static),
+        )
+        self._server = await serve(
+            handler,
+            config.server.host,
+            config.server.port,
+            process_request=routes,
+            max_size=config.server.max_frame_bytes,
+            compression=None,  # short JSON frames: not worth a deflate context per socket
+            server_header=None,
+        )
+        stack.push_async_callback(self._shutdown)
+        log.info("chat server listening on %s", self.url)
+
+    async def _start_engine(self, llm: LLMClient) -> None:
+        if await llm.health():
+            log.info("a model engine is already serving %s", self.config.model.base_url)
+            return
+        from bot.models.engines import start_from_config
+
+        try:
+            await self._stack.enter_async_context(start_from_config(self.config.model))
+        except Exception:
+            log.exception("the embedded model engine did not start: serving curated answers")
+
+    async def _load_translation_memory(self) -> None:
+        memory = self.pipeline.translator.memory
+        entries = await self.store.approved_translations()
+        for source, target, text, translation in entries:
+            memory.add(source, target, text, translation)
+        if entries:
+            log.info("loaded %d approved translations", len(entries))
+
+    async def _shutdown(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        log.info("shutting down: %d turn(s) in flight", len(self.turns))
+        server.close(close_connections=False)  # stop accepting, keep the open sockets
+        await self.turns.drain(self.grace)
+        closing = [
+            ws.close(CloseCode.GOING_AWAY, "server shutting down") for ws in server.connections
+        ]
+        await asyncio.gather(*closing, return_exceptions=True)
+        await server.wait_closed()
+        log.info("chat server stopped")
+
+    # -- for callers and tests --------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the server is not running")
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        host = self.config.server.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def chat_url(self) -> str:
+        return self.url.replace("http://", "ws://", 1) + CHAT_PATH

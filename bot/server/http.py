@@ -1,0 +1,131 @@
+"""Plain HTTP routes, answered from websockets' ``process_request`` hook.
+
+GET /                       the demo storefront (bot/static/index.html)
+GET /widget.js, /widget.css the widget (CORS: any origin)
+GET /widget/i18n/LL.json    the widget's UI strings (CORS: any origin)
+GET /healthz                JSON: database, model engine, FAQ index fingerprint
+GET /metrics                Prometheus text format
+GET /ws/chat                the chat socket (origin checked; bot.server.chat)
+anything else               404
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from bot.config import ServerConfig
+from bot.llm import LLMClient
+from bot.pipeline import Pipeline
+from bot.server import metrics as metrics_module
+from bot.server.metrics import Metrics
+from bot.server.protocol import encode
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+CHAT_PATH = "/ws/chat"
+STATIC_FILES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/widget.js": ("widget.js", "text/javascript; charset=utf-8"),
+    "/widget.css": ("widget.css", "text/css; charset=utf-8"),
+}
+_I18N_RE = re.compile(r"^/widget/i18n/([a-z]{2,3})\.json$")
+_JSON = "application/json; charset=utf-8"
+
+
+def load_static(directory: Path = STATIC_DIR) -> dict[str, bytes]:
+    """The static files by route (blocking: call in a thread)."""
+    return {route: (directory / name).read_bytes() for route, (name, _) in STATIC_FILES.items()}
+
+
+def response(status: HTTPStatus, body: bytes, content_type: str, *, cors: bool = False) -> Response:
+    headers = Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Length", str(len(body))),
+            ("Content-Type", content_type),
+            ("Cache-Control", "no-cache"),
+            ("X-Content-Type-Options", "nosniff"),
+        ]
+    )
+    if cors:
+        headers["Access-Control-Allow-Origin"] = "*"
+    return Response(status.value, status.phrase, headers, body)
+
+
+def text_response(status: HTTPStatus, text: str) -> Response:
+    return response(status, (text + "\n").encode(), "text/plain; charset=utf-8")
+
+
+@dataclass
+class Routes:
+    config: ServerConfig
+    store: Store
+    pipeline: Pipeline
+    llm: LLMClient | None
+    metrics: Metrics
+    static: dict[str, bytes]
+    _i18n: dict[str, bytes] = field(default_factory=dict)
+
+    async def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path == CHAT_PATH:
+            return self.check_origin(request)  # None: go on with the WebSocket handshake
+        if path in self.static:
+            content_type = STATIC_FILES[path][1]
+            return response(HTTPStatus.OK, self.static[path], content_type, cors=path != "/")
+        match = _I18N_RE.match(path)
+        if match:
+            return self.i18n(match.group(1))
+        if path == "/healthz":
+            return await self.health()
+        if path == "/metrics":
+            return response(HTTPStatus.OK, self.metrics.render(), metrics_module.CONTENT_TYPE)
+        return text_response(HTTPStatus.NOT_FOUND, "not found")
+
+    def check_origin(self, request: Request) -> Response | None:
+        allowed = self.config.allowed_origins
+        origin = request.headers.get("Origin")
+        if allowed and origin not in allowed:
+            log.info("refused chat socket from origin %r", origin)
+            self.metrics.errors.labels("origin").inc()
+            return text_response(HTTPStatus.FORBIDDEN, "origin not allowed")
+        return None
+
+    def i18n(self, lang: str) -> Response:
+        knowledge = self.pipeline.knowledge
+        if lang not in self.pipeline.config.shop.languages:
+            return text_response(HTTPStatus.NOT_FOUND, "unknown language")
+        body = self._i18n.get(lang)
+        if body is None:
+            settings = knowledge.languages.get(lang)
+            direction = settings.direction if settings else "ltr"
+            body = encode({"lang": lang, "dir": direction, "ui": knowledge.ui(lang)}).encode()
+            self._i18n[lang] = body
+        return response(HTTPStatus.OK, body, _JSON, cors=True)
+
+    async def health(self) -> Response:
+        db = await self.store.ping()
+        engine = "ok" if self.llm is not None and await self.llm.health() else "unavailable"
+        report = {
+            "status": "ok" if db else "error",
+            "db": "ok" if db else "error",
+            "engine": engine,
+            "index": self.pipeline.retriever.fingerprint,
+            "connections": self.metrics.open_connections,
+        }
+        status = HTTPStatus.OK if db else HTTPStatus.SERVICE_UNAVAILABLE
+        return response(status, json.dumps(report).encode(), _JSON)

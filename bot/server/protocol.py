@@ -1,0 +1,145 @@
+"""The customer chat protocol, version 1 (docs/protocol.md): client frames parsed into
+values, server frames built from values. No I/O here.
+
+Client frames (``->``): ``hello``, ``message``, ``handoff.request``.
+Server events (``<-``): ``welcome``, ``ack``, ``typing``, ``reply.delta``, ``reply``,
+``handoff``, ``agent.joined``, ``agent.message``, ``agent.left``, ``system``, ``error``.
+The widget (bot/static/widget.js) mirrors these.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from bot.errors import ProtocolError
+
+VERSION = 1
+MAX_ID_CHARS = 64
+MAX_LOCALE_CHARS = 35
+MAX_TOKEN_CHARS = 100
+
+# Events kept in the replay log; the others are sent once and never replayed.
+STORED_EVENTS = frozenset(
+    {"ack", "reply", "handoff", "agent.joined", "agent.message", "agent.left", "system"}
+)
+TRANSIENT_EVENTS = frozenset({"typing", "reply.delta"})
+
+ERROR_CODES = (
+    "bad_frame",
+    "unknown_type",
+    "too_long",
+    "rate_limited",
+    "unsupported_version",
+    "not_ready",
+    "bad_resume",
+    "internal",
+)
+
+
+@dataclass(frozen=True)
+class Hello:
+    locale: str
+    resume: str | None = None
+    last_seq: int = 0
+
+
+@dataclass(frozen=True)
+class Message:
+    id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class HandoffRequest:
+    pass
+
+
+ClientFrame = Hello | Message | HandoffRequest
+
+
+def parse(data: str | bytes) -> ClientFrame:
+    """One client frame; ``ProtocolError`` (``bad_frame``, ``unknown_type``,
+    ``unsupported_version``) when it breaks the protocol."""
+    if not isinstance(data, str):
+        raise ProtocolError("binary frames are not part of the protocol")
+    try:
+        frame = json.loads(data)
+    except ValueError:
+        raise ProtocolError("frame is not JSON") from None
+    if not isinstance(frame, dict):
+        raise ProtocolError("frame is not a JSON object")
+    kind = frame.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("frame has no string 'type'")
+    if kind == "hello":
+        return _hello(frame)
+    if kind == "message":
+        return Message(
+            id=_string(frame, "id", max_chars=MAX_ID_CHARS),
+            text=_string(frame, "text", allow_empty=True),
+        )
+    if kind == "handoff.request":
+        return HandoffRequest()
+    raise ProtocolError(f"unknown frame type {kind[:40]!r}", code="unknown_type")
+
+
+def _hello(frame: dict[str, Any]) -> Hello:
+    version = frame.get("v")
+    if not _is_int(version):
+        raise ProtocolError("hello needs an integer 'v'")
+    if version != VERSION:
+        raise ProtocolError(
+            f"protocol version {version} is not supported", code="unsupported_version"
+        )
+    locale = _string(frame, "locale", max_chars=MAX_LOCALE_CHARS)
+    resume = frame.get("resume")
+    if resume is None:
+        return Hello(locale)
+    if not isinstance(resume, str) or not resume or len(resume) > MAX_TOKEN_CHARS:
+        raise ProtocolError("'resume' must be a token string", code="bad_resume")
+    last_seq = frame.get("last_seq", 0)
+    if not _is_int(last_seq) or last_seq < 0:
+        raise ProtocolError("'last_seq' must be a non-negative integer")
+    return Hello(locale, resume, last_seq)
+
+
+def _string(
+    frame: dict[str, Any], key: str, *, max_chars: int = 0, allow_empty: bool = False
+) -> str:
+    value = frame.get(key)
+    if not isinstance(value, str) or (not value and not allow_empty):
+        raise ProtocolError(f"'{frame['type']}' needs a string '{key}'")
+    if max_chars and len(value) > max_chars:
+        raise ProtocolError(f"'{key}' is longer than {max_chars} characters")
+    return value
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# -- server frames ---------------------------------------------------------------------------
+
+
+def encode(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
+
+
+def welcome(conversation: str, resume: str, seq: int, lang: str) -> dict[str, Any]:
+    return {
+        "type": "welcome",
+        "v": VERSION,
+        "conversation": conversation,
+        "resume": resume,
+        "seq": seq,
+        "lang": lang,
+    }
+
+
+def error(code: str, message: str, message_id: str | None = None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if message_id is not None:
+        frame["id"] = message_id
+    return frame

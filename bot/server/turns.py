@@ -1,0 +1,131 @@
+"""Bot turns: one task per stored customer message, one turn at a time per conversation.
+
+A turn: ``typing`` -> ``pipeline.answer`` (streamed pieces as ``reply.delta``) -> the reply
+stored with its ``reply`` event (and ``handoff`` when the pipeline hands over) -> sent.
+A failing turn is logged and answered with ``error`` ``internal``; the message stays
+unanswered, so the customer can send it again (same id) and a later resume retries it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from bot.pipeline import Pipeline, TurnContext, TurnResult
+from bot.server.metrics import Metrics
+from bot.server.protocol import error
+from bot.server.rooms import Hub, Room
+from bot.server.texts import Texts
+from bot.store import ConversationInfo, Reply, Store, StoredMessage
+
+log = logging.getLogger(__name__)
+
+HISTORY_MESSAGES = 6
+
+
+class Turns:
+    def __init__(
+        self, *, store: Store, pipeline: Pipeline, hub: Hub, texts: Texts, metrics: Metrics
+    ) -> None:
+        self.store = store
+        self.pipeline = pipeline
+        self.hub = hub
+        self.texts = texts
+        self.metrics = metrics
+        self.accepting = True
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def schedule(self, room: Room, message: StoredMessage) -> None:
+        """Answer ``message`` after the conversation's earlier turns (once per id)."""
+        key = message.client_id or str(message.id)
+        if not self.accepting or key in room.in_flight:
+            return  # shutting down: it stays unanswered and is answered on resume
+        room.in_flight.add(key)
+        self.hub.acquire(room.id)
+        task = asyncio.create_task(self._run(room, message, key), name=f"turn {room.id} {key}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self, grace: float) -> None:
+        """Stop taking turns; let running ones finish for ``grace`` s, then cancel them."""
+        self.accepting = False
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("cancelled %d turn(s) still running at shutdown", len(pending))
+                await asyncio.wait(pending)
+
+    async def _run(self, room: Room, message: StoredMessage, key: str) -> None:
+        conv: ConversationInfo | None = None
+        try:
+            async with room.turn_lock:
+                conv = await self.store.conversation(room.id)
+                if conv.status != "bot":  # a human took over while this waited
+                    await self.store.mark_replied(message.id)
+                    return
+                await self._answer(room, conv, message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("turn failed (conversation %s, message %s)", room.id, key)
+            self.metrics.errors.labels("internal").inc()
+            language = conv.language if conv else self.texts.default_language
+            text = self.texts.error("internal", language, conv.locale if conv else None)
+            room.send(error("internal", text, message.client_id))
+        finally:
+            room.in_flight.discard(key)
+            self.hub.release(room)
+
+    async def _answer(self, room: Room, conv: ConversationInfo, message: StoredMessage) -> None:
+        started = time.perf_counter()
+        await self._transient(room, "typing", who="bot")
+        history = await self.store.history(
+            room.id, before_seq=message.seq or 0, limit=HISTORY_MESSAGES
+        )
+        context = TurnContext(
+            language=conv.language,
+            locale_hint=conv.locale,
+            market=conv.market,
+            no_answer_streak=conv.no_answer_streak,
+            history=history,
+        )
+
+        async def on_delta(piece: str) -> None:
+            await self._transient(room, "reply.delta", text=piece, reply_to=message.client_id)
+
+        result = await self.pipeline.answer(message.text, context, on_delta=on_delta)
+        async with room.emit_lock:
+            events = await self.store.record_reply(
+                room.id, message.id, message.client_id, _reply(result)
+            )
+            room.send_events(events)
+        self.metrics.turn(result, time.perf_counter() - started)
+
+    async def _transient(self, room: Room, kind: str, **payload: Any) -> None:
+        """An event with its own seq that is sent once and never stored or replayed."""
+        async with room.emit_lock:
+            seq = await self.store.next_seq(room.id)
+            room.send({"type": kind, "seq": seq, **payload})
+
+
+def _reply(result: TurnResult) -> Reply:
+    return Reply(
+        text=result.reply,
+        language=result.language,
+        faq_ids=list(result.faq_ids),
+        source=result.source,
+        answered=result.answered,
+        pivot=result.pivot,
+        reply_pivot=result.reply_pivot,
+        handoff_reason=(result.handoff_reason or "bot") if result.handoff else None,
+        # Stage outputs are JSON by contract; str() anything that slipped through.
+        trace=json.loads(json.dumps(result.trace.as_list(), default=str)),
+    )

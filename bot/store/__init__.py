@@ -1,0 +1,18 @@
+"""Persistence: conversations, the event log, messages, handoffs, agents, translation memory
+and feedback, in SQLite (default) or PostgreSQL. ``Store`` is the only way in."""
+
+from __future__ import annotations
+
+from bot.store.engine import resolve_url
+from bot.store.records import Accepted, ConversationInfo, Reply, StoredEvent, StoredMessage
+from bot.store.store import Store
+
+__all__ = [
+    "Accepted",
+    "ConversationInfo",
+    "Reply",
+    "Store",
+    "StoredEvent",
+    "StoredMessage",
+    "resolve_url",
+]

@@ -1,0 +1,455 @@
+"""``Store``: the only code that touches the database.
+
+    async with Store(config.database) as store:
+        await store.check_schema()
+        conv, token = await store.create_conversation(locale="es-ES", language="es")
+
+Sequence numbers: ``conversations.last_seq`` is the conversation's event counter. Every
+server event takes the next value with ``UPDATE ... SET last_seq = last_seq + 1 RETURNING``,
+committed in the same transaction as the event row (when the event is stored at all), and
+before the event is sent: a seq a client has seen is never handed out again, whatever
+happens to the process afterwards.
+
+On SQLite all writes go through one asyncio lock (one writer, as SQLite wants it; readers
+run beside it in WAL mode); on PostgreSQL row locks do that job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import select, text, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from bot.config import DatabaseConfig
+from bot.errors import StoreError
+from bot.store import schema
+from bot.store.engine import create_engine, is_sqlite
+from bot.store.models import (
+    Conversation,
+    Event,
+    Feedback,
+    Handoff,
+    Message,
+    TranslationMemoryEntry,
+    utcnow,
+)
+from bot.store.records import Accepted, ConversationInfo, Reply, StoredEvent, StoredMessage
+
+MAX_TOKEN_CHARS = 100
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class Store:
+    def __init__(self, config: DatabaseConfig) -> None:
+        self.config = config
+        self._engine: AsyncEngine | None = None
+        self._sessions: async_sessionmaker[AsyncSession] | None = None
+        self._write_lock: asyncio.Lock | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Store:
+        self._engine = create_engine(self.config.url, echo=self.config.echo)
+        self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)
+        if is_sqlite(self.config.url):
+            self._write_lock = asyncio.Lock()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await engine.dispose()
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise StoreError("the store is not open (use `async with Store(...)`)")
+        return self._engine
+
+    async def check_schema(self) -> None:
+        await schema.check_schema(self.engine)
+
+    async def upgrade(self, revision: str = "head") -> None:
+        await schema.upgrade(self.engine, revision)
+
+    async def downgrade(self, revision: str) -> None:
+        await schema.downgrade(self.engine, revision)
+
+    async def current_revision(self) -> str | None:
+        return await schema.current_revision(self.engine)
+
+    async def ping(self) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except (SQLAlchemyError, OSError):
+            return False
+        return True
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def _session(self) -> AsyncSession:
+        if self._sessions is None:
+            raise StoreError("the store is not open (use `async with Store(...)`)")
+        return self._sessions()
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncSession]:
+        """One write transaction (serialized on SQLite)."""
+        lock = self._write_lock or contextlib.nullcontext()
+        async with lock, self._session() as session, session.begin():
+            yield session
+
+    async def _allocate(self, session: AsyncSession, conversation_id: str, n: int = 1) -> int:
+        """Take ``n`` seqs for the conversation; returns the first."""
+        stmt = (
+            update(Conversation)
+            .where(Conversation.id == conversation_id)
+            .values(last_seq=Conversation.last_seq + n, updated_at=utcnow())
+            .returning(Conversation.last_seq)
+            .execution_options(synchronize_session=False)
+        )
+        last = (await session.execute(stmt)).scalar_one_or_none()
+        if last is None:
+            raise StoreError(f"no conversation {conversation_id!r}")
+        return int(last) - n + 1
+
+    @staticmethod
+    def _event(session: AsyncSession, cid: str, seq: int, kind: str, **payload: Any) -> StoredEvent:
+        session.add(Event(conversation_id=cid, seq=seq, type=kind, payload=payload))
+        return StoredEvent(seq, kind, payload)
+
+    # -- conversations ------------------------------------------------------------------
+
+    async def create_conversation(
+        self, *, language: str, locale: str | None = None, market: str | None = None
+    ) -> tuple[ConversationInfo, str]:
+        """A new conversation and its resume token (only its hash is stored)."""
+        token = "r_" + secrets.token_urlsafe(24)
+        row = Conversation(
+            id="c_" + secrets.token_hex(12),
+            resume_hash=hash_token(token),
+            locale=locale,
+            language=language,
+            market=market,
+            status="bot",
+            last_seq=0,
+            no_answer_streak=0,
+        )
+        async with self._write() as session:
+            session.add(row)
+        return _info(row), token
+
+    async def find_by_resume(self, token: str) -> ConversationInfo | None:
+        if not token or len(token) > MAX_TOKEN_CHARS:
+            return None
+        async with self._session() as session:
+            row = await session.scalar(
+                select(Conversation).where(Conversation.resume_hash == hash_token(token))
+            )
+            return _info(row) if row else None
+
+    async def conversation(self, conversation_id: str) -> ConversationInfo:
+        async with self._session() as session:
+            row = await session.get(Conversation, conversation_id)
+            if row is None:
+                raise StoreError(f"no conversation {conversation_id!r}")
+            return _info(row)
+
+    async def set_locale(
+        self, conversation_id: str, locale: str, language: str, market: str | None
+    ) -> None:
+        """The customer's page or language picker changed locale: follow it."""
+        async with self._write() as session:
+            await session.execute(
+                update(Conversation)
+                .where(Conversation.id == conversation_id)
+                .values(locale=locale, language=language, market=market, updated_at=utcnow())
+            )
+
+    async def events_after(self, conversation_id: str, seq: int) -> list[StoredEvent]:
+        """The stored events with ``seq`` above ``seq``, in order: the replay."""
+        async with self._session() as session:
+            rows = await session.scalars(
+                select(Event)
+                .where(Event.conversation_id == conversation_id, Event.seq > seq)
+                .order_by(Event.seq)
+            )
+            return [StoredEvent(r.seq, r.type, dict(r.payload)) for r in rows]
+
+    async def next_seq(self, conversation_id: str) -> int:
+        """A seq for an event that is sent but not stored (``typing``, ``reply.delta``)."""
+        async with self._write() as session:
+            return await self._allocate(session, conversation_id)
+
+    # -- messages -------------------------------------------------------------------------
+
+    async def accept_message(self, conversation_id: str, client_id: str, text: str) -> Accepted:
+        """Store a customer message and its ``ack`` event, or find the one stored before."""
+        try:
+            return await self._accept(conversation_id, client_id, text)
+        except IntegrityError:  # the same id stored at the same moment by another process
+            return await self._accept(conversation_id, client_id, text)
+
+    async def _accept(self, cid: str, client_id: str, text: str) -> Accepted:
+        async with self._write() as session:
+            old = await session.scalar(
+                select(Message).where(
+                    Message.conversation_id == cid, Message.client_id == client_id
+                )
+            )
+            status = await session.scalar(select(Conversation.status).where(Conversation.id == cid))
+            if status is None:
+                raise StoreError(f"no conversation {cid!r}")
+            if old is not None:
+                ack = StoredEvent(old.seq or 0, "ack", {"id": client_id, "text": old.original_text})
+                return Accepted(_message(old), ack, created=False, status=status)
+            seq = await self._allocate(session, cid)
+            row = Message(
+                conversation_id=cid,
+                role="customer",
+                client_id=client_id,
+                seq=seq,
+                original_text=text,
+                # While a human owns the conversation the bot leaves the message to them.
+                replied=status != "bot",
+            )
+            session.add(row)
+            ack = self._event(session, cid, seq, "ack", id=client_id, text=text)
+            await session.flush()
+            return Accepted(_message(row), ack, created=True, status=status)
+
+    async def unreplied(self, conversation_id: str) -> list[StoredMessage]:
+        """Customer messages stored but not answered (the server stopped mid-turn)."""
+        async with self._session() as session:
+            rows = await session.scalars(
+                select(Message)
+                .where(
+                    Message.conversation_id == conversation_id,
+                    Message.role == "customer",
+                    Message.replied.is_(False),
+                )
+                .order_by(Message.seq)
+            )
+            return [_message(r) for r in rows]
+
+    async def message(self, conversation_id: str, client_id: str) -> StoredMessage | None:
+        async with self._session() as session:
+            row = await session.scalar(
+                select(Message).where(
+                    Message.conversation_id == conversation_id, Message.client_id == client_id
+                )
+            )
+            return _message(row) if row else None
+
+    async def mark_replied(self, message_id: int) -> None:
+        async with self._write() as session:
+            await session.execute(
+                update(Message)
+                .where(Message.id == message_id)
+                .values(replied=True, replied_at=utcnow())
+            )
+
+    async def history(
+        self, conversation_id: str, *, before_seq: int, limit: int = 6
+    ) -> list[tuple[str, str]]:
+        """The last ``limit`` customer/bot messages before ``before_seq``: (role, pivot text)."""
+        async with self._session() as session:
+            rows = list(
+                await session.scalars(
+                    select(Message)
+                    .where(
+                        Message.conversation_id == conversation_id,
+                        Message.role.in_(("customer", "bot")),
+                        Message.seq < before_seq,
+                    )
+                    .order_by(Message.seq.desc())
+                    .limit(limit)
+                )
+            )
+        rows.reverse()
+        return [(r.role, r.pivot_text or r.delivered_text or r.original_text) for r in rows]
+
+    async def record_reply(
+        self, conversation_id: str, message_id: int, client_id: str | None, reply: Reply
+    ) -> list[StoredEvent]:
+        """Store the bot's reply to a customer message, and the handoff it asks for."""
+        cid = conversation_id
+        async with self._write() as session:
+            conv = await session.get(Conversation, cid, with_for_update=True)
+            if conv is None:
+                raise StoreError(f"no conversation {cid!r}")
+            handoff = reply.handoff_reason is not None and conv.status == "bot"
+            seq = await self._allocate(session, cid, 2 if handoff else 1)
+            now = utcnow()
+            await session.execute(
+                update(Message)
+                .where(Message.id == message_id)
+                .values(
+                    language=reply.language,
+                    pivot_text=reply.pivot,
+                    faq_ids=list(reply.faq_ids),
+                    replied=True,
+                    replied_at=now,
+                )
+            )
+            session.add(
+                Message(
+                    conversation_id=cid,
+                    role="bot",
+                    seq=seq,
+                    reply_to=message_id,
+                    original_text=reply.text,
+                    delivered_text=reply.text,
+                    language=reply.language,
+                    pivot_text=reply.reply_pivot,
+                    faq_ids=list(reply.faq_ids),
+                    source=reply.source,
+                    trace=reply.trace,
+                    handoff=reply.handoff_reason is not None,
+                    replied=True,
+                )
+            )
+            events = [
+                self._event(
+                    session, cid, seq, "reply",
+                    text=reply.text, lang=reply.language, faq_ids=list(reply.faq_ids),
+                    reply_to=client_id,
+                )
+            ]  # fmt: skip
+            streak = 0 if reply.answered else conv.no_answer_streak + 1
+            values: dict[str, Any] = {"language": reply.language, "no_answer_streak": streak}
+            if handoff and reply.handoff_reason:
+                values["status"] = "queued"
+                session.add(Handoff(conversation_id=cid, reason=reply.handoff_reason))
+                events.append(
+                    self._event(session, cid, seq + 1, "handoff", reason=reply.handoff_reason)
+                )
+            await session.execute(
+                update(Conversation).where(Conversation.id == cid).values(**values)
+            )
+        return events
+
+    async def request_handoff(
+        self, conversation_id: str, reason: str, *, note: str | None = None
+    ) -> list[StoredEvent]:
+        """Queue the conversation for a human: a ``handoff`` event, and a ``system`` event
+        with ``note`` when given. Nothing when it already is queued or with an agent."""
+        cid = conversation_id
+        async with self._write() as session:
+            conv = await session.get(Conversation, cid, with_for_update=True)
+            if conv is None:
+                raise StoreError(f"no conversation {cid!r}")
+            if conv.status != "bot":
+                return []
+            seq = await self._allocate(session, cid, 2 if note else 1)
+            await session.execute(
+                update(Conversation).where(Conversation.id == cid).values(status="queued")
+            )
+            session.add(Handoff(conversation_id=cid, reason=reason))
+            events = [self._event(session, cid, seq, "handoff", reason=reason)]
+            if note:
+                events.append(self._event(session, cid, seq + 1, "system", text=note))
+            return events
+
+    # -- translation memory and feedback --------------------------------------------------
+
+    async def add_translation(
+        self,
+        source: str,
+        target: str,
+        text: str,
+        translation: str,
+        *,
+        key: str,
+        origin: str = "curated",
+        approved_by: str | None = None,
+    ) -> None:
+        """Insert or replace one translation; curated ones count as approved."""
+        approved = origin == "curated" or approved_by is not None
+        async with self._write() as session:
+            row = await session.scalar(
+                select(TranslationMemoryEntry).where(
+                    TranslationMemoryEntry.source_lang == source,
+                    TranslationMemoryEntry.target_lang == target,
+                    TranslationMemoryEntry.key == key,
+                )
+            )
+            if row is None:
+                row = TranslationMemoryEntry(source_lang=source, target_lang=target, key=key)
+                session.add(row)
+            row.source_text, row.target_text, row.origin = text, translation, origin
+            row.approved_by = approved_by
+            row.approved_at = utcnow() if approved else None
+
+    async def approved_translations(self) -> list[tuple[str, str, str, str]]:
+        """(source, target, text, translation) for every approved entry."""
+        async with self._session() as session:
+            rows = await session.execute(
+                select(
+                    TranslationMemoryEntry.source_lang,
+                    TranslationMemoryEntry.target_lang,
+                    TranslationMemoryEntry.source_text,
+                    TranslationMemoryEntry.target_text,
+                ).where(TranslationMemoryEntry.approved_at.is_not(None))
+            )
+            return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    async def add_feedback(self, message_id: int, rating: int, comment: str | None = None) -> None:
+        async with self._write() as session:
+            session.add(Feedback(message_id=message_id, rating=rating, comment=comment))
+
+    async def handoffs(self, conversation_id: str) -> list[str]:
+        """The reasons of the conversation's handoffs, oldest first."""
+        async with self._session() as session:
+            rows = await session.scalars(
+                select(Handoff.reason)
+                .where(Handoff.conversation_id == conversation_id)
+                .order_by(Handoff.id)
+            )
+            return list(rows)
+
+    async def messages(self, conversation_id: str) -> Sequence[dict[str, Any]]:
+        """Every message of a conversation as a dict (for the console and tests)."""
+        async with self._session() as session:
+            rows = await session.scalars(
+                select(Message)
+                .where(Message.conversation_id == conversation_id)
+                .order_by(Message.seq)
+            )
+            return [{c.key: getattr(r, c.key) for c in Message.__table__.columns} for r in rows]
+
+
+def _info(row: Conversation) -> ConversationInfo:
+    return ConversationInfo(
+        id=row.id,
+        language=row.language,
+        locale=row.locale,
+        market=row.market,
+        status=row.status,
+        last_seq=row.last_seq,
+        no_answer_streak=row.no_answer_streak,
+    )
+
+
+def _message(row: Message) -> StoredMessage:
+    return StoredMessage(row.id, row.client_id, row.seq, row.original_text, row.replied)

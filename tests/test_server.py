@@ -1,0 +1,507 @@
+"""The chat server end to end: a real server on port 0 with the real pipeline, a fresh
+SQLite database with the migrations applied, and a real websockets client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from bot.config import Config, DatabaseConfig
+from bot.localize import locality_for
+from bot.pipeline import Pipeline
+from bot.server.app import App
+from bot.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+FACTOR = float(os.environ.get("BOT_TEST_TIMEOUT_FACTOR", "1"))
+TIMEOUT = 20 * FACTOR  # one frame; the first turn warms the embedder
+RETURN_ES = "¿Cómo puedo devolver un artículo?"
+
+
+# -- fixtures and helpers ------------------------------------------------------------------
+
+
+@pytest.fixture
+async def db_url(tmp_path: Path) -> str:
+    """A fresh SQLite database file with the migrations applied."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"
+    async with Store(DatabaseConfig(url=url)) as store:
+        await store.upgrade()
+    return url
+
+
+@pytest.fixture
+def start(config: Config, pipeline: Pipeline, db_url: str) -> Any:
+    """``async with start(**server_settings) as app``: a server on port 0."""
+
+    @asynccontextmanager
+    async def start_app(*, grace: float = 5.0, **server: Any) -> AsyncIterator[App]:
+        cfg = config.replace(
+            database={"url": db_url}, server={"host": "127.0.0.1", "port": 0, **server}
+        )
+        async with App(cfg, pipeline=pipeline, grace=grace) as app:
+            yield app
+
+    return start_app
+
+
+@pytest.fixture
+async def app(start: Any) -> AsyncIterator[App]:
+    async with start() as app:
+        yield app
+
+
+class Client:
+    """A chat client that records every frame it receives."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.frames: list[dict[str, Any]] = []
+
+    async def send(self, **frame: Any) -> None:
+        await self.ws.send(json.dumps(frame, ensure_ascii=False))
+
+    async def recv(self, wait: float = TIMEOUT) -> dict[str, Any]:
+        frame: dict[str, Any] = json.loads(await asyncio.wait_for(self.ws.recv(), wait))
+        self.frames.append(frame)
+        return frame
+
+    async def until(self, kind: str, wait: float = TIMEOUT) -> list[dict[str, Any]]:
+        """Frames up to and including the first of type ``kind``."""
+        got = []
+        while True:
+            frame = await self.recv(wait)
+            got.append(frame)
+            if frame["type"] == kind:
+                return got
+
+    async def quiet(self, seconds: float = 0.5) -> None:
+        """Nothing arrives for ``seconds``."""
+        try:
+            frame = await self.recv(seconds)
+        except TimeoutError:
+            return
+        pytest.fail(f"unexpected frame {frame}")
+
+    async def closed(self) -> ConnectionClosed:
+        """Receive until the server closes the socket."""
+        try:
+            while True:
+                await self.recv()
+        except ConnectionClosed as exc:
+            return exc
+
+    async def hello(self, locale: str = "es-ES", **fields: Any) -> dict[str, Any]:
+        await self.send(type="hello", v=1, locale=locale, **fields)
+        welcome = await self.recv()
+        assert welcome["type"] == "welcome", welcome
+        return welcome
+
+    async def ask(self, message_id: str, text: str) -> list[dict[str, Any]]:
+        await self.send(type="message", id=message_id, text=text)
+        return await self.until("reply")
+
+
+@asynccontextmanager
+async def chat(app: App, **kwargs: Any) -> AsyncIterator[Client]:
+    async with connect(app.chat_url, open_timeout=TIMEOUT, **kwargs) as ws:
+        yield Client(ws)
+
+
+async def http_get(app: App, path: str) -> tuple[int, dict[str, str], bytes]:
+    def get() -> tuple[int, dict[str, str], bytes]:
+        try:
+            with urllib.request.urlopen(app.url + path, timeout=TIMEOUT) as r:
+                return r.status, dict(r.headers), r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read()
+
+    return await asyncio.to_thread(get)
+
+
+def seqs_of(frames: list[dict[str, Any]]) -> list[int]:
+    return [f["seq"] for f in frames if "seq" in f and f["type"] != "welcome"]
+
+
+# -- conversation --------------------------------------------------------------------------
+
+
+async def test_hello_starts_a_conversation(app: App) -> None:
+    """The first hello gets a welcome with a new conversation, a resume token and seq 0."""
+    async with chat(app) as client:
+        welcome = await client.hello("es-MX")
+    assert welcome["v"] == 1
+    assert welcome["seq"] == 0
+    assert welcome["lang"] == "es"
+    assert welcome["conversation"].startswith("c_")
+    assert welcome["resume"]
+
+
+async def test_message_is_acked_then_answered_in_the_customers_language(
+    app: App, pipeline: Pipeline
+) -> None:
+    """A Spanish question gets an ack, typing, and the curated Spanish returns answer."""
+    async with chat(app) as client:
+        await client.hello("es-ES")
+        frames = await client.ask("m1", f"  {RETURN_ES} ")
+    ack, typing, reply = frames
+    assert ack == {"type": "ack", "seq": 1, "id": "m1", "text": RETURN_ES}
+    assert typing == {"type": "typing", "seq": 2, "who": "bot"}
+    assert reply["seq"] == 3
+    assert reply["lang"] == "es"
+    assert reply["faq_ids"] == ["returns.start"]
+    assert reply["reply_to"] == "m1"
+    where = locality_for(pipeline.knowledge, "es", locale_hint="es-ES")
+    assert reply["text"] == pipeline.localizer.curated("returns.start", where)
+
+
+async def test_two_languages_in_one_conversation(app: App) -> None:
+    """A customer who switches to German is answered in German."""
+    async with chat(app) as client:
+        await client.hello("es-ES")
+        es = (await client.ask("m1", RETURN_ES))[-1]
+        de = (await client.ask("m2", "Wie kann ich einen Artikel zurückgeben?"))[-1]
+    assert (es["lang"], es["faq_ids"]) == ("es", ["returns.start"])
+    assert (de["lang"], de["faq_ids"]) == ("de", ["returns.start"])
+
+
+async def test_a_resent_message_is_acked_again_and_answered_once(app: App) -> None:
+    """The same id sent twice: the same ack seq twice, one stored message, one reply."""
+    async with chat(app) as client:
+        welcome = await client.hello()
+        await client.send(type="message", id="m1", text=RETURN_ES)
+        await client.send(type="message", id="m1", text=RETURN_ES)
+        frames = await client.until("reply")
+        while [f["type"] for f in frames].count("ack") < 2:
+            frames.append(await client.recv())
+        await client.quiet()
+    acks = [f for f in frames if f["type"] == "ack"]
+    assert [a["seq"] for a in acks] == [1, 1]
+    assert [f["type"] for f in client.frames].count("reply") == 1
+    messages = await app.store.messages(welcome["conversation"])
+    assert [m["role"] for m in messages] == ["customer", "bot"]
+
+
+async def test_resume_replays_exactly_the_missed_events(app: App) -> None:
+    """Gone after the ack, back later: the welcome is followed by the reply, once."""
+    async with chat(app) as client:
+        welcome = await client.hello()
+        await client.send(type="message", id="m1", text=RETURN_ES)
+        ack = await client.recv()
+    assert ack["type"] == "ack"
+    conv = welcome["conversation"]
+    for _ in range(int(100 * FACTOR)):  # the turn goes on without the customer
+        if not await app.store.unreplied(conv):
+            break
+        await asyncio.sleep(0.1)
+    async with chat(app) as client:
+        again = await client.hello(resume=welcome["resume"], last_seq=ack["seq"])
+        reply = await client.recv()
+        await client.quiet()
+    assert again["conversation"] == conv
+    assert again["seq"] == reply["seq"] == 3  # 2 was the typing event: sent, never replayed
+    assert reply["type"] == "reply"
+    assert reply["reply_to"] == "m1"
+
+    async with chat(app) as client:  # a page reload: last_seq 0 rebuilds the whole log
+        await client.hello(resume=welcome["resume"], last_seq=0)
+        replay = [await client.recv(), await client.recv()]
+        await client.quiet()
+    assert [(f["type"], f["seq"]) for f in replay] == [("ack", 1), ("reply", 3)]
+    assert replay[0]["text"] == RETURN_ES
+
+
+async def test_two_tabs_of_one_conversation_both_see_its_events(app: App) -> None:
+    """A second socket resuming the same conversation receives the live events too."""
+    async with chat(app) as first, chat(app) as second:
+        welcome = await first.hello()
+        await second.hello(resume=welcome["resume"], last_seq=0)
+        await first.ask("m1", RETURN_ES)
+        seen = await second.until("reply")
+    assert [f["type"] for f in seen] == ["ack", "typing", "reply"]
+
+
+async def test_restart_mid_conversation_loses_and_duplicates_nothing(start: Any) -> None:
+    """Server stopped right after an ack; a new server on the same database answers the
+    message on resume, and no seq the client saw is ever used again."""
+    async with start(grace=0) as first:
+        ws = await connect(first.chat_url, open_timeout=TIMEOUT)
+        client = Client(ws)
+        welcome = await client.hello()
+        await client.ask("m1", RETURN_ES)
+        await client.send(type="message", id="m2", text="¿Cuánto tarda el envío a España?")
+        await client.until("ack")
+    closed = await client.closed()  # whatever was sent before the 1001 is recorded
+    assert closed.rcvd is not None
+    assert closed.rcvd.code == 1001
+    seen = client.frames[1:]
+    async with start() as second:
+        async with chat(second) as client:
+            last_seq = max(seqs_of(seen))
+            again = await client.hello(resume=welcome["resume"], last_seq=last_seq)
+            if not any(f["type"] == "reply" and f["reply_to"] == "m2" for f in seen):
+                await client.until("reply")
+            await client.quiet()
+        messages = await second.store.messages(welcome["conversation"])
+    after = client.frames[1:]
+    everything = [f for f in seen + after if f["type"] != "welcome"]
+    seqs = seqs_of(everything)
+    assert len(seqs) == len(set(seqs)), f"a seq was used twice: {everything}"
+    assert seqs == sorted(seqs)
+    assert again["seq"] >= last_seq
+    replies = [f["reply_to"] for f in everything if f["type"] == "reply"]
+    assert replies == ["m1", "m2"]
+    assert [(m["role"], m["replied"]) for m in messages] == [
+        ("customer", True),
+        ("bot", True),
+        ("customer", True),
+        ("bot", True),
+    ]
+
+
+async def test_a_message_stored_before_a_crash_is_answered_on_resume(app: App) -> None:
+    """A message stored and acked but never answered gets its reply when the customer is back."""
+    async with chat(app) as client:
+        welcome = await client.hello()
+    conv = welcome["conversation"]
+    await app.store.accept_message(conv, "m1", RETURN_ES)  # as if the server died here
+    async with chat(app) as client:
+        await client.hello(resume=welcome["resume"], last_seq=0)
+        frames = await client.until("reply")
+    assert [f["type"] for f in frames] == ["ack", "typing", "reply"]
+    assert frames[-1]["faq_ids"] == ["returns.start"]
+
+
+async def test_a_customer_can_ask_for_a_human(app: App) -> None:
+    """handoff.request queues the conversation; afterwards the bot stays silent."""
+    async with chat(app) as client:
+        welcome = await client.hello()
+        await client.send(type="handoff.request")
+        handoff, note = await client.recv(), await client.recv()
+        await client.send(type="handoff.request")  # harmless
+        await client.send(type="message", id="m1", text=RETURN_ES)
+        ack = await client.recv()
+        await client.quiet()
+    assert handoff == {"type": "handoff", "seq": 1, "reason": "customer_request"}
+    assert note["type"] == "system"
+    assert "contacto" in note["text"]
+    assert ack["type"] == "ack"
+    assert (await app.store.conversation(welcome["conversation"])).status == "queued"
+
+
+async def test_the_pipeline_can_hand_over(app: App) -> None:
+    """'Quiero hablar con una persona' is answered, then a handoff event follows."""
+    async with chat(app) as client:
+        await client.hello()
+        await client.ask("m1", "Quiero hablar con una persona")
+        handoff = await client.recv()
+    assert handoff["type"] == "handoff"
+    assert handoff["reason"] == "customer_request"
+
+
+async def test_a_language_change_on_resume_is_followed(app: App) -> None:
+    """The customer picks Arabic in the widget: the next welcome says ar."""
+    async with chat(app) as client:
+        welcome = await client.hello("es-ES")
+    async with chat(app) as client:
+        again = await client.hello("ar", resume=welcome["resume"], last_seq=0)
+    assert again["lang"] == "ar"
+
+
+# -- refusals ------------------------------------------------------------------------------
+
+
+async def test_bad_frames_get_errors_and_the_connection_stays_open(start: Any) -> None:
+    """Each broken frame gets its own error code; a good message still works after."""
+    async with start(max_message_chars=50) as app, chat(app) as client:
+        await client.send(type="message", id="m0", text="hola")
+        assert (await client.recv())["code"] == "not_ready"
+        await client.send(type="hello", v=2, locale="es-ES")
+        assert (await client.recv())["code"] == "unsupported_version"
+        await client.send(type="hello", v=1, locale="es-ES", resume="r_nope", last_seq=0)
+        assert (await client.recv())["code"] == "bad_resume"
+        await client.hello("es-ES")
+        for raw in ["not json", "[1, 2]", '{"no": "type"}', '{"type": "message", "id": 5}']:
+            await client.ws.send(raw)
+            error = await client.recv()
+            assert error["code"] == "bad_frame", raw
+        await client.ws.send(b"\x00\x01")
+        assert (await client.recv())["code"] == "bad_frame"
+        await client.send(type="sticker", id="x")
+        assert (await client.recv())["code"] == "unknown_type"
+        await client.send(type="message", id="m1", text="x" * 51)
+        too_long = await client.recv()
+        assert (too_long["code"], too_long["id"]) == ("too_long", "m1")
+        assert too_long["message"].startswith("Tu mensaje es demasiado largo")
+        assert "50" in too_long["message"]
+        assert all("seq" not in f for f in client.frames if f["type"] == "error")
+        reply = (await client.ask("m2", RETURN_ES))[-1]
+    assert reply["faq_ids"] == ["returns.start"]
+
+
+async def test_an_oversized_frame_closes_the_socket_with_1009(start: Any) -> None:
+    """A frame over max_frame_bytes is refused by closing with 1009."""
+    async with start(max_frame_bytes=1024) as app, chat(app) as client:
+        await client.hello()
+        await client.send(type="message", id="m1", text="x" * 2000)
+        with pytest.raises(ConnectionClosed) as closed:
+            await client.recv()
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1009
+
+
+async def test_too_many_messages_are_rate_limited(start: Any) -> None:
+    """Past the bucket, messages get rate_limited with their id; the socket stays open."""
+    async with start(rate_limit_messages=2, rate_limit_window=600.0) as app, chat(app) as client:
+        await client.hello()
+        await client.ask("m1", "hola")
+        await client.ask("m2", "gracias")
+        await client.send(type="message", id="m3", text="adiós")
+        limited = await client.recv()
+        assert (limited["type"], limited["code"], limited["id"]) == ("error", "rate_limited", "m3")
+        assert "demasiado rápido" in limited["message"]
+        await client.send(type="handoff.request")
+        assert (await client.recv())["code"] == "rate_limited"
+
+
+async def test_a_socket_from_another_origin_is_refused(start: Any) -> None:
+    """With allowed_origins set, other pages get HTTP 403 at the handshake."""
+    async with start(allowed_origins=("https://shop.example",)) as app:
+        with pytest.raises(InvalidStatus) as refused:
+            async with chat(app, origin="https://evil.example"):
+                pass
+        assert refused.value.response.status_code == 403
+        async with chat(app, origin="https://shop.example") as client:
+            await client.hello()
+
+
+async def test_a_failing_turn_is_answered_with_internal_and_the_socket_survives(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash inside a turn: error `internal` (localized, with the id), nothing else dies."""
+    real_answer = app.pipeline.answer
+
+    async def flaky(text: str, *args: Any, **kwargs: Any) -> Any:
+        if text == "boom":
+            raise RuntimeError("simulated fault")
+        return await real_answer(text, *args, **kwargs)
+
+    monkeypatch.setattr(app.pipeline, "answer", flaky)
+    async with chat(app) as client:
+        await client.hello()
+        await client.send(type="message", id="m1", text="boom")
+        frames = await client.until("error")
+        reply = (await client.ask("m2", RETURN_ES))[-1]
+    error = frames[-1]
+    assert (error["code"], error["id"]) == ("internal", "m1")
+    assert error["message"].startswith("Lo siento")
+    assert "simulated" not in error["message"]
+    assert reply["faq_ids"] == ["returns.start"]
+
+
+# -- HTTP ----------------------------------------------------------------------------------
+
+
+async def test_healthz_reports_database_engine_and_index(app: App, pipeline: Pipeline) -> None:
+    """/healthz: database ok, no engine in tests, the FAQ index fingerprint."""
+    status, headers, body = await http_get(app, "/healthz")
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/json")
+    report = json.loads(body)
+    assert report["db"] == "ok"
+    assert report["engine"] == "unavailable"
+    assert report["index"] == pipeline.retriever.fingerprint != ""
+
+
+async def test_metrics_count_turns_stages_and_messages(app: App) -> None:
+    """/metrics after a turn: turns by language and source, stage latencies, messages."""
+    async with chat(app) as client:
+        await client.hello()
+        await client.ask("m1", RETURN_ES)
+        _, _, body = await http_get(app, "/metrics")
+        text = body.decode()
+    assert 'bot_turns_total{language="es",source="curated"} 1.0' in text
+    assert re.search(r'bot_stage_seconds_count\{stage="retrieve"\} 1\.0', text)
+    assert 'bot_messages_stored_total{role="customer"} 1.0' in text
+    assert 'bot_messages_stored_total{role="bot"} 1.0' in text
+    assert "bot_open_connections 1.0" in text
+
+
+async def test_static_routes(app: App) -> None:
+    """The demo page, the widget with CORS, UI strings per language, 404 for the rest."""
+    status, headers, body = await http_get(app, "/")
+    assert status == 200
+    assert headers["Content-Type"].startswith("text/html")
+    assert b"/widget.js" in body
+    status, headers, _ = await http_get(app, "/widget.js")
+    assert (status, headers["Access-Control-Allow-Origin"]) == (200, "*")
+    assert headers["Content-Type"].startswith("text/javascript")
+    status, headers, _ = await http_get(app, "/widget.css")
+    assert (status, headers["Access-Control-Allow-Origin"]) == (200, "*")
+    status, headers, body = await http_get(app, "/widget/i18n/ar.json")
+    assert (status, headers["Access-Control-Allow-Origin"]) == (200, "*")
+    strings = json.loads(body)
+    assert (strings["lang"], strings["dir"]) == ("ar", "rtl")
+    assert strings["ui"]["send"]
+    assert (await http_get(app, "/widget/i18n/xx.json"))[0] == 404
+    assert (await http_get(app, "/admin"))[0] == 404
+
+
+# -- shutdown ------------------------------------------------------------------------------
+
+
+async def test_shutdown_closes_sockets_with_1001(start: Any) -> None:
+    """Stopping the server closes every open chat socket with 1001 (going away)."""
+    async with start() as app, chat(app) as client:
+        await client.hello()
+        await app.__aexit__(None, None, None)
+        with pytest.raises(ConnectionClosed) as closed:
+            await client.recv()
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1001
+
+
+def test_bot_serve_exits_0_on_sigterm(db_url: str) -> None:
+    """`bot serve` answers a socket, and on SIGTERM closes it with 1001 and exits 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")}
+    cmd = [sys.executable, "-m", "bot.cli", "serve", "--no-engine", "--port", "0", "--db", db_url]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            match = re.search(r"chat socket (ws://\S+)\)", line)
+            if match:
+                break
+        else:
+            pytest.fail("bot serve did not start")
+
+        async def session() -> int | None:
+            async with connect(match.group(1)) as ws:
+                await ws.send(json.dumps({"type": "hello", "v": 1, "locale": "en"}))
+                await asyncio.wait_for(ws.recv(), TIMEOUT)
+                proc.send_signal(signal.SIGTERM)
+                with pytest.raises(ConnectionClosed) as closed:
+                    await asyncio.wait_for(ws.recv(), TIMEOUT)
+                return closed.value.rcvd.code if closed.value.rcvd else None
+
+        assert asyncio.run(session()) == 1001
+        assert proc.wait(timeout=TIMEOUT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

@@ -92,6 +92,7 @@ class LanguageDetector:
         lexicon: Lexicon | None = None,
         masker: Masker | None = None,
         default: str = "en",
+        preload: bool = False,
     ) -> None:
         self.languages = tuple(languages)
         self.config = config
@@ -101,7 +102,10 @@ class LanguageDetector:
         lingua_langs = [
             Language.from_iso_code_639_1(getattr(IsoCode639_1, c.upper())) for c in self.languages
         ]
-        self._lingua = LanguageDetectorBuilder.from_languages(*lingua_langs).build()
+        builder = LanguageDetectorBuilder.from_languages(*lingua_langs)
+        if preload:  # servers: pay the model loading at start-up, not on the first turns
+            builder = builder.with_preloaded_language_models()
+        self._lingua = builder.build()
         self._factory = DetectorFactory()
         self._factory.seed = 0
         self._load_langdetect_profiles()

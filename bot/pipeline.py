@@ -129,6 +129,7 @@ class Pipeline:
             lexicon=lexicon,
             masker=masker,
             default=config.shop.default_language,
+            preload=True,
         )
         retriever = Retriever(config.retrieve.index_dir, Embedder(threads=config.model.threads))
 

@@ -28,13 +28,12 @@ from bot.config import load_config
 from bot.models.engines import DEFAULT_VLLM_PYTHON, engine_from_config
 from bot.models.supervisor import EmbeddedEngine
 
-PROMPT = [
-    {
-        "role": "user",
-        "content": "Write a long, detailed story about a parcel that got lost on its way "
-        "from Hamburg to Lisbon, and how customer service found it.",
-    }
-]
+# Each request names a different order, so no engine answers from a cached prompt.
+PROMPT = (
+    "Order #{n}: write a long, detailed story about how this parcel got lost on its way "
+    "from Hamburg to Lisbon, and how customer service found it."
+)
+_counter = iter(range(48000, 10**6))
 
 
 @dataclass
@@ -58,7 +57,7 @@ class Result:
 async def stream_once(client: httpx.AsyncClient, model: str, max_tokens: int) -> Stream:
     body = {
         "model": model,
-        "messages": PROMPT,
+        "messages": [{"role": "user", "content": PROMPT.format(n=next(_counter))}],
         "stream": True,
         "temperature": 0,
         "max_tokens": max_tokens,

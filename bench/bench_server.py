@@ -7,7 +7,8 @@
 2. Turns: ``--customers`` customers at once, each asking ``--turns`` questions one after
    the other; each question is a curated FAQ question in the customer's language (a
    translation-memory hit, answered with the curated localized text: no model call).
-   Latency is from sending the message to receiving its final ``reply``.
+   Latency is from sending the message to receiving its final ``reply``. A customer whose
+   conversation the pipeline hands to a human stops there (the bot no longer answers).
 
 The server runs as a subprocess (``python -m bot.cli serve --no-engine``) on a fresh SQLite
 database in a temporary folder; this process and the server both raise their open-files
@@ -41,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from bot.knowledge import load_knowledge  # noqa: E402
 
+OUT = ROOT / "bench" / "out"
 LANGUAGES = ("es", "de", "fr", "it", "pt", "nl", "ja", "zh", "ko", "ru", "ar", "en")
 
 
@@ -81,29 +83,30 @@ def questions() -> list[tuple[str, str, str]]:
     return out
 
 
-def start_server(db: str, port: int) -> subprocess.Popen[str]:
+def start_server(db: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")}
     cli = [sys.executable, "-m", "bot.cli"]
     subprocess.run([*cli, "db", "upgrade", "--db", db], cwd=ROOT, env=env, check=True)
-    return subprocess.Popen(
-        [*cli, "serve", "--no-engine", "--port", str(port), "--db", db],
-        cwd=ROOT,
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [*cli, "serve", "--no-engine", "--port", str(port), "--db", db],
+            cwd=ROOT,
+            env=env,
+            stderr=out,
+        )
 
 
-def wait_ready(proc: subprocess.Popen[str]) -> str:
-    """The server's base URL, once it prints it."""
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        match = re.search(r"serving (http://\S+)/ ", line)
+async def wait_ready(proc: subprocess.Popen[bytes], log: Path) -> str:
+    """The server's base URL, once it says where it listens."""
+    for _ in range(600):
+        text = await asyncio.to_thread(log.read_text, errors="replace")
+        match = re.search(r"serving (http://\S+)/ ", text)
         if match:
-            # Keep draining stderr so a chatty server never blocks on a full pipe.
-            asyncio.get_event_loop().run_in_executor(None, proc.stderr.read)
             return match.group(1)
-    raise SystemExit(f"the server did not start (exit {proc.wait()})")
+        if proc.poll() is not None:
+            break
+        await asyncio.sleep(0.2)
+    raise SystemExit(f"the server did not start; see {log}")
 
 
 async def hello(url: str, locale: str) -> tuple[ClientConnection, dict[str, Any]]:
@@ -147,10 +150,11 @@ async def customer(
     lang: str,
     asks: list[tuple[str, str, str]],
     latencies: list[float],
-    errors: list[str],
-    other_faq: list[str],
+    outcomes: dict[str, list[str]],
 ) -> None:
+    """One customer asking questions one after the other, until done or handed over."""
     ws, _ = await hello(url, lang)
+    handed_over = False
     try:
         for n, (_, faq_id, text) in enumerate(asks):
             mid = f"q{n}-{random.getrandbits(48):x}"
@@ -158,13 +162,18 @@ async def customer(
             await ws.send(json.dumps({"type": "message", "id": mid, "text": text}))
             while True:
                 frame = json.loads(await asyncio.wait_for(ws.recv(), 120))
-                if frame["type"] == "error":
-                    errors.append(f"{frame['code']}: {text}")
+                if frame["type"] == "handoff":  # a human owns it now: the bot stays silent
+                    handed_over = True
+                    outcomes["handoff"].append(text)
+                elif frame["type"] == "error":
+                    outcomes["error"].append(f"{frame['code']}: {text}")
                     break
-                if frame["type"] == "reply" and frame.get("reply_to") == mid:
+                elif frame["type"] == "ack" and frame["id"] == mid and handed_over:
+                    return
+                elif frame["type"] == "reply" and frame.get("reply_to") == mid:
                     latencies.append(time.perf_counter() - sent)
                     if faq_id not in frame["faq_ids"]:
-                        other_faq.append(f"{text!r} -> {frame['faq_ids']} (curated for {faq_id})")
+                        outcomes["other_faq"].append(f"{text!r} -> {frame['faq_ids']} ({faq_id})")
                     break
     finally:
         await ws.close()
@@ -176,10 +185,9 @@ async def turns(url: str, pid: int, customers: int, per_customer: int) -> dict[s
     for item in pool:
         by_lang.setdefault(item[0], []).append(item)
     for lang, items in by_lang.items():  # first use of each language loads its detectors
-        await customer(url, lang, items[:1], [], [], [])
+        await customer(url, lang, items[:1], [], {"handoff": [], "error": [], "other_faq": []})
     latencies: list[float] = []
-    errors: list[str] = []
-    other_faq: list[str] = []
+    outcomes: dict[str, list[str]] = {"handoff": [], "error": [], "other_faq": []}
     rng = random.Random(7)
     plans = []
     for i in range(customers):
@@ -187,9 +195,7 @@ async def turns(url: str, pid: int, customers: int, per_customer: int) -> dict[s
         plans.append((lang, rng.sample(by_lang[lang], per_customer)))
     cpu_before = cpu_seconds(pid)
     started = time.perf_counter()
-    await asyncio.gather(
-        *(customer(url, lang, asks, latencies, errors, other_faq) for lang, asks in plans)
-    )
+    await asyncio.gather(*(customer(url, lang, asks, latencies, outcomes) for lang, asks in plans))
     wall = time.perf_counter() - started
     cpu = cpu_seconds(pid) - cpu_before
     latencies.sort()
@@ -197,13 +203,15 @@ async def turns(url: str, pid: int, customers: int, per_customer: int) -> dict[s
     def pct(p: float) -> float:
         return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1000
 
-    for line in errors[:10] + other_faq[:10]:
-        print("  ", line, file=sys.stderr)
+    for kind, lines in outcomes.items():
+        for line in lines[:5]:
+            print(f"  {kind}: {line}", file=sys.stderr)
     return {
         "customers": customers,
-        "turns": len(latencies),
-        "errors": len(errors),
-        "answered_other_faq": len(other_faq),
+        "turns_answered": len(latencies),
+        "handed_over": len(outcomes["handoff"]),
+        "errors": len(outcomes["error"]),
+        "answered_other_faq": len(outcomes["other_faq"]),
         "p50_ms": pct(50),
         "p95_ms": pct(95),
         "p99_ms": pct(99),
@@ -231,11 +239,13 @@ async def main() -> int:
     parser.add_argument("--port", type=int, default=18080)
     args = parser.parse_args()
     nofile = raise_nofile()
+    OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
         db = f"sqlite+aiosqlite:///{tmp}/bench.db"
-        proc = start_server(db, args.port)
+        log = OUT / "bench-server.log"
+        proc = start_server(db, args.port, log)
         try:
-            base = wait_ready(proc)
+            base = await wait_ready(proc, log)
             health = await asyncio.to_thread(get_json, base + "/healthz")
             url = base.replace("http://", "ws://") + "/ws/chat"
             print(f"server pid {proc.pid} at {base}; open files limit {nofile}; {health}")

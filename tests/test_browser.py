@@ -102,7 +102,12 @@ async def test_chat_in_two_languages_reload_rtl_and_no_html(app: App, page: Any)
     """A customer chats in Spanish and German, reloads and sees the history, switches to
     Arabic (right-to-left) and sends HTML, which is shown as text and never run."""
     dialogs: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+    async def on_dialog(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        await dialog.dismiss()
+
+    page.on("dialog", on_dialog)
 
     await open_widget(page, app, "es")
     spanish = await say(page, "¿Cómo puedo devolver un artículo?")

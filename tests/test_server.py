@@ -22,15 +22,19 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from bot.config import Config, DatabaseConfig
+from bot.errors import SchemaOutOfDate
 from bot.localize import locality_for
 from bot.pipeline import Pipeline
 from bot.server.app import App
 from bot.store import Store
+from tests import test_store
+from tests.test_store import PG_ADMIN_URL, _run_sql
 
 ROOT = Path(__file__).resolve().parent.parent
 FACTOR = float(os.environ.get("BOT_TEST_TIMEOUT_FACTOR", "1"))
 TIMEOUT = 20 * FACTOR  # one frame; the first turn warms the embedder
 RETURN_ES = "¿Cómo puedo devolver un artículo?"
+postgres = test_store.postgres  # fixture: the session's PostgreSQL database
 
 
 # -- fixtures and helpers ------------------------------------------------------------------
@@ -323,7 +327,49 @@ async def test_a_language_change_on_resume_is_followed(app: App) -> None:
     assert again["lang"] == "ar"
 
 
+@pytest.mark.postgres
+async def test_a_conversation_on_postgresql(
+    config: Config, pipeline: Pipeline, postgres: str
+) -> None:
+    """The same conversation, resume and replay on PostgreSQL."""
+    _run_sql(postgres, "DROP SCHEMA public CASCADE", "CREATE SCHEMA public")
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + postgres
+    async with Store(DatabaseConfig(url=url)) as store:
+        await store.upgrade()
+    cfg = config.replace(database={"url": url}, server={"host": "127.0.0.1", "port": 0})
+    async with App(cfg, pipeline=pipeline) as app:
+        async with chat(app) as client:
+            welcome = await client.hello()
+            reply = (await client.ask("m1", RETURN_ES))[-1]
+        async with chat(app) as client:
+            await client.hello(resume=welcome["resume"], last_seq=0)
+            replay = [await client.recv(), await client.recv()]
+    assert reply["faq_ids"] == ["returns.start"]
+    assert [(f["type"], f["seq"]) for f in replay] == [("ack", 1), ("reply", 3)]
+
+
 # -- refusals ------------------------------------------------------------------------------
+
+
+async def test_the_server_refuses_an_out_of_date_schema(
+    config: Config, pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """On a database without the migrations the server does not start, and says why."""
+    cfg = config.replace(
+        database={"url": f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"}, server={"port": 0}
+    )
+    with pytest.raises(SchemaOutOfDate, match="run `bot db upgrade`"):
+        async with App(cfg, pipeline=pipeline):
+            pass
+
+
+async def test_an_idle_socket_is_closed_with_1000(start: Any) -> None:
+    """A customer who sends nothing for idle_timeout seconds is disconnected normally."""
+    async with start(idle_timeout=0.3) as app, chat(app) as client:
+        await client.hello()
+        closed = await client.closed()
+    assert closed.rcvd is not None
+    assert closed.rcvd.code == 1000
 
 
 async def test_bad_frames_get_errors_and_the_connection_stays_open(start: Any) -> None:

@@ -29,7 +29,7 @@ PG_ADMIN_URL = os.environ.get(
 
 def _run_sql(database: str, *statements: str) -> None:
     """Run statements in a PostgreSQL database, on a loop of its own (fixtures are sync)."""
-    import asyncpg
+    import asyncpg  # type: ignore[import-untyped]
 
     async def run() -> None:
         dsn = PG_ADMIN_URL.replace("postgresql+asyncpg://", "postgresql://", 1)

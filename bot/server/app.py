@@ -154,11 +154,16 @@ class App:
         log.info("shutting down: %d turn(s) in flight", len(self.turns))
         server.close(close_connections=False)  # stop accepting, keep the open sockets
         await self.turns.drain(self.grace)
-        closing = [
-            ws.close(CloseCode.GOING_AWAY, "server shutting down") for ws in server.connections
-        ]
-        await asyncio.gather(*closing, return_exceptions=True)
-        await server.wait_closed()
+        while True:  # again for a socket whose handshake was finishing meanwhile
+            closing = [
+                ws.close(CloseCode.GOING_AWAY, "server shutting down") for ws in server.connections
+            ]
+            await asyncio.gather(*closing, return_exceptions=True)
+            try:
+                await asyncio.wait_for(asyncio.shield(server.wait_closed()), timeout=1.0)
+            except TimeoutError:
+                continue
+            break
         log.info("chat server stopped")
 
     # -- for callers and tests --------------------------------------------------------------

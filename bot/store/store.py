@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import select, text, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -33,6 +33,7 @@ from bot.errors import StoreError
 from bot.store import schema
 from bot.store.engine import create_engine, is_sqlite
 from bot.store.models import (
+    Base,
     Conversation,
     Event,
     Feedback,
@@ -44,6 +45,10 @@ from bot.store.models import (
 from bot.store.records import Accepted, ConversationInfo, Reply, StoredEvent, StoredMessage
 
 MAX_TOKEN_CHARS = 100
+# Hot paths write through Core tables: no unit-of-work bookkeeping per statement.
+CONVERSATIONS = Base.metadata.tables["conversations"]
+EVENTS = Base.metadata.tables["events"]
+MESSAGES = Base.metadata.tables["messages"]
 
 
 def hash_token(token: str) -> str:
@@ -119,23 +124,34 @@ class Store:
         async with lock, self._session() as session, session.begin():
             yield session
 
-    async def _allocate(self, session: AsyncSession, conversation_id: str, n: int = 1) -> int:
-        """Take ``n`` seqs for the conversation; returns the first."""
+    async def _allocate(
+        self, session: AsyncSession, conversation_id: str, n: int = 1, **values: Any
+    ) -> int:
+        """Take ``n`` seqs for the conversation (setting ``values`` too); returns the first."""
+        seq, _ = await self._allocate_with_status(session, conversation_id, n, **values)
+        return seq
+
+    async def _allocate_with_status(
+        self, session: AsyncSession, conversation_id: str, n: int = 1, **values: Any
+    ) -> tuple[int, str]:
         stmt = (
-            update(Conversation)
-            .where(Conversation.id == conversation_id)
-            .values(last_seq=Conversation.last_seq + n, updated_at=utcnow())
-            .returning(Conversation.last_seq)
-            .execution_options(synchronize_session=False)
+            update(CONVERSATIONS)
+            .where(CONVERSATIONS.c.id == conversation_id)
+            .values(last_seq=CONVERSATIONS.c.last_seq + n, updated_at=utcnow(), **values)
+            .returning(CONVERSATIONS.c.last_seq, CONVERSATIONS.c.status)
         )
-        last = (await session.execute(stmt)).scalar_one_or_none()
-        if last is None:
+        row = (await session.execute(stmt)).first()
+        if row is None:
             raise StoreError(f"no conversation {conversation_id!r}")
-        return int(last) - n + 1
+        return int(row[0]) - n + 1, str(row[1])
 
     @staticmethod
-    def _event(session: AsyncSession, cid: str, seq: int, kind: str, **payload: Any) -> StoredEvent:
-        session.add(Event(conversation_id=cid, seq=seq, type=kind, payload=payload))
+    async def _insert_event(
+        session: AsyncSession, cid: str, seq: int, kind: str, **payload: Any
+    ) -> StoredEvent:
+        await session.execute(
+            insert(EVENTS).values(conversation_id=cid, seq=seq, type=kind, payload=payload)
+        )
         return StoredEvent(seq, kind, payload)
 
     # -- conversations ------------------------------------------------------------------
@@ -217,26 +233,30 @@ class Store:
                     Message.conversation_id == cid, Message.client_id == client_id
                 )
             )
-            status = await session.scalar(select(Conversation.status).where(Conversation.id == cid))
-            if status is None:
-                raise StoreError(f"no conversation {cid!r}")
             if old is not None:
+                status = await session.scalar(
+                    select(Conversation.status).where(Conversation.id == cid)
+                )
                 ack = StoredEvent(old.seq or 0, "ack", {"id": client_id, "text": old.original_text})
-                return Accepted(_message(old), ack, created=False, status=status)
-            seq = await self._allocate(session, cid)
-            row = Message(
-                conversation_id=cid,
-                role="customer",
-                client_id=client_id,
-                seq=seq,
-                original_text=text,
-                # While a human owns the conversation the bot leaves the message to them.
-                replied=status != "bot",
+                return Accepted(_message(old), ack, created=False, status=status or "closed")
+            seq, status = await self._allocate_with_status(session, cid)
+            # While a human owns the conversation the bot leaves the message to them.
+            replied = status != "bot"
+            message_id = await session.scalar(
+                insert(MESSAGES)
+                .values(
+                    conversation_id=cid,
+                    role="customer",
+                    client_id=client_id,
+                    seq=seq,
+                    original_text=text,
+                    replied=replied,
+                )
+                .returning(MESSAGES.c.id)
             )
-            session.add(row)
-            ack = self._event(session, cid, seq, "ack", id=client_id, text=text)
-            await session.flush()
-            return Accepted(_message(row), ack, created=True, status=status)
+            ack = await self._insert_event(session, cid, seq, "ack", id=client_id, text=text)
+            message = StoredMessage(int(message_id or 0), client_id, seq, text, replied)
+            return Accepted(message, ack, created=True, status=status)
 
     async def unreplied(self, conversation_id: str) -> list[StoredMessage]:
         """Customer messages stored but not answered (the server stopped mid-turn)."""
@@ -295,15 +315,28 @@ class Store:
         """Store the bot's reply to a customer message, and the handoff it asks for."""
         cid = conversation_id
         async with self._write() as session:
-            conv = await session.get(Conversation, cid, with_for_update=True)
-            if conv is None:
-                raise StoreError(f"no conversation {cid!r}")
-            handoff = reply.handoff_reason is not None and conv.status == "bot"
-            seq = await self._allocate(session, cid, 2 if handoff else 1)
+            handoff = False
+            if reply.handoff_reason is not None:  # only if the bot still has the conversation
+                handoff = bool(
+                    await session.scalar(
+                        update(CONVERSATIONS)
+                        .where(CONVERSATIONS.c.id == cid, CONVERSATIONS.c.status == "bot")
+                        .values(status="queued")
+                        .returning(CONVERSATIONS.c.id)
+                    )
+                )
+            streak = 0 if reply.answered else CONVERSATIONS.c.no_answer_streak + 1
+            seq = await self._allocate(
+                session,
+                cid,
+                2 if handoff else 1,
+                language=reply.language,
+                no_answer_streak=streak,
+            )
             now = utcnow()
             await session.execute(
-                update(Message)
-                .where(Message.id == message_id)
+                update(MESSAGES)
+                .where(MESSAGES.c.id == message_id)
                 .values(
                     language=reply.language,
                     pivot_text=reply.pivot,
@@ -312,8 +345,8 @@ class Store:
                     replied_at=now,
                 )
             )
-            session.add(
-                Message(
+            await session.execute(
+                insert(MESSAGES).values(
                     conversation_id=cid,
                     role="bot",
                     seq=seq,
@@ -330,23 +363,19 @@ class Store:
                 )
             )
             events = [
-                self._event(
+                await self._insert_event(
                     session, cid, seq, "reply",
                     text=reply.text, lang=reply.language, faq_ids=list(reply.faq_ids),
                     reply_to=client_id,
                 )
             ]  # fmt: skip
-            streak = 0 if reply.answered else conv.no_answer_streak + 1
-            values: dict[str, Any] = {"language": reply.language, "no_answer_streak": streak}
             if handoff and reply.handoff_reason:
-                values["status"] = "queued"
                 session.add(Handoff(conversation_id=cid, reason=reply.handoff_reason))
                 events.append(
-                    self._event(session, cid, seq + 1, "handoff", reason=reply.handoff_reason)
+                    await self._insert_event(
+                        session, cid, seq + 1, "handoff", reason=reply.handoff_reason
+                    )
                 )
-            await session.execute(
-                update(Conversation).where(Conversation.id == cid).values(**values)
-            )
         return events
 
     async def request_handoff(
@@ -356,19 +385,19 @@ class Store:
         with ``note`` when given. Nothing when it already is queued or with an agent."""
         cid = conversation_id
         async with self._write() as session:
-            conv = await session.get(Conversation, cid, with_for_update=True)
-            if conv is None:
-                raise StoreError(f"no conversation {cid!r}")
-            if conv.status != "bot":
+            queued = await session.scalar(
+                update(CONVERSATIONS)
+                .where(CONVERSATIONS.c.id == cid, CONVERSATIONS.c.status == "bot")
+                .values(status="queued")
+                .returning(CONVERSATIONS.c.id)
+            )
+            if queued is None:
                 return []
             seq = await self._allocate(session, cid, 2 if note else 1)
-            await session.execute(
-                update(Conversation).where(Conversation.id == cid).values(status="queued")
-            )
             session.add(Handoff(conversation_id=cid, reason=reason))
-            events = [self._event(session, cid, seq, "handoff", reason=reason)]
+            events = [await self._insert_event(session, cid, seq, "handoff", reason=reason)]
             if note:
-                events.append(self._event(session, cid, seq + 1, "system", text=note))
+                events.append(await self._insert_event(session, cid, seq + 1, "system", text=note))
             return events
 
     # -- translation memory and feedback --------------------------------------------------

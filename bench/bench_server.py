@@ -5,7 +5,9 @@
 1. Idle sockets: ``--idle`` customers connect and finish hello/welcome, then stay idle;
    the server's extra resident memory (VmRSS from /proc/PID/status) per socket.
 2. Turns: ``--customers`` customers at once, each asking ``--turns`` questions one after
-   the other; each question is a curated FAQ question in the customer's language (a
+   the other, with ``--think`` seconds (mean) of reading and typing between turns (a
+   realistic chat, default 10 s) and without (a burst: the saturation point); each
+   question is a curated FAQ question in the customer's language (a
    translation-memory hit, answered with the curated localized text: no model call).
    Latency is from sending the message to receiving its final ``reply``. A customer whose
    conversation the pipeline hands to a human stops there (the bot no longer answers).
@@ -151,12 +153,21 @@ async def customer(
     asks: list[tuple[str, str, str]],
     latencies: list[float],
     outcomes: dict[str, list[str]],
+    think: float = 0.0,
+    rng: random.Random | None = None,
 ) -> None:
-    """One customer asking questions one after the other, until done or handed over."""
+    """One customer asking questions one after the other, until done or handed over.
+
+    ``think``: mean seconds a customer reads and types between turns (exponentially
+    distributed, and before the first turn too, so customers do not all start at once).
+    """
     ws, _ = await hello(url, lang)
     handed_over = False
+    rng = rng or random.Random()
     try:
         for n, (_, faq_id, text) in enumerate(asks):
+            if think:
+                await asyncio.sleep(rng.expovariate(1 / think))
             mid = f"q{n}-{random.getrandbits(48):x}"
             sent = time.perf_counter()
             await ws.send(json.dumps({"type": "message", "id": mid, "text": text}))
@@ -179,7 +190,9 @@ async def customer(
         await ws.close()
 
 
-async def turns(url: str, pid: int, customers: int, per_customer: int) -> dict[str, float]:
+async def turns(
+    url: str, pid: int, customers: int, per_customer: int, think: float = 0.0
+) -> dict[str, float]:
     pool = questions()
     by_lang: dict[str, list[tuple[str, str, str]]] = {}
     for item in pool:
@@ -195,7 +208,12 @@ async def turns(url: str, pid: int, customers: int, per_customer: int) -> dict[s
         plans.append((lang, rng.sample(by_lang[lang], per_customer)))
     cpu_before = cpu_seconds(pid)
     started = time.perf_counter()
-    await asyncio.gather(*(customer(url, lang, asks, latencies, outcomes) for lang, asks in plans))
+    await asyncio.gather(
+        *(
+            customer(url, lang, asks, latencies, outcomes, think, random.Random(rng.random()))
+            for lang, asks in plans
+        )
+    )
     wall = time.perf_counter() - started
     cpu = cpu_seconds(pid) - cpu_before
     latencies.sort()
@@ -208,6 +226,7 @@ async def turns(url: str, pid: int, customers: int, per_customer: int) -> dict[s
             print(f"  {kind}: {line}", file=sys.stderr)
     return {
         "customers": customers,
+        "think_s": think,
         "turns_answered": len(latencies),
         "handed_over": len(outcomes["handoff"]),
         "errors": len(outcomes["error"]),
@@ -237,6 +256,12 @@ async def main() -> int:
     parser.add_argument("--customers", type=int, default=200)
     parser.add_argument("--turns", type=int, default=5)
     parser.add_argument("--port", type=int, default=18080)
+    parser.add_argument(
+        "--think",
+        type=float,
+        action="append",
+        help="mean seconds between a customer's turns (repeatable; default: 10 and 0 = burst)",
+    )
     args = parser.parse_args()
     nofile = raise_nofile()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -251,10 +276,16 @@ async def main() -> int:
             print(f"server pid {proc.pid} at {base}; open files limit {nofile}; {health}")
             idle = await idle_sockets(url, proc.pid, args.idle)
             table(f"{args.idle} idle customer sockets (hello/welcome done)", idle)
-            busy = await turns(url, proc.pid, args.customers, args.turns)
-            table(
-                f"{args.customers} concurrent customers x {args.turns} turns (curated path)", busy
-            )
+            busy = {"errors": 0.0}
+            for think in args.think or [10.0, 0.0]:
+                result = await turns(url, proc.pid, args.customers, args.turns, think)
+                busy["errors"] += result["errors"]
+                label = f"thinking {think:g} s between turns" if think else "all at once (burst)"
+                table(
+                    f"{args.customers} concurrent customers x {args.turns} turns, {label} "
+                    "(curated path)",
+                    result,
+                )
         finally:
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(timeout=60)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import difflib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -185,11 +186,11 @@ class Pipeline:
             pivot = await self._pivot(text, language, pivot_lang, out)
 
         with trace.stage("retrieve") as out:
+            started = time.perf_counter()
+            vectors = await asyncio.to_thread(self.retriever.embed, [text])
+            out["embed_ms"] = round((time.perf_counter() - started) * 1000, 2)
             hits = await asyncio.to_thread(
-                self.retriever.search,
-                [text],
-                k=self.config.retrieve.top_k,
-                pivot=pivot,
+                self.retriever.search_vectors, vectors, k=self.config.retrieve.top_k, pivot=pivot
             )
             off_topic = bool(hits) and hits[0].faq_id == OUT_OF_SCOPE
             answerable = [

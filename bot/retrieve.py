@@ -18,7 +18,7 @@ import math
 import re
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,12 +168,15 @@ class Retriever:
 
     answer_weight = 0.5
     lexical_weight = 0.005
+    cache_size = 4096
 
     def __init__(self, index_dir: Path, embedder: Embedder) -> None:
         self.index_dir = index_dir
         self.embedder = embedder
         self._lock = threading.Lock()
         self._mtime = 0.0
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()
         self.fingerprint = ""
         self.reload()
 
@@ -204,7 +207,28 @@ class Retriever:
         unique = [t for t in dict.fromkeys(t.strip() for t in texts) if t]
         if not unique:
             return []
-        queries = self.embedder.queries(unique)
+        return self.search_vectors(self.embed(unique), k=k, pivot=pivot)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Query embeddings, from a small cache for texts seen recently ("where is my order")."""
+        with self._cache_lock:
+            found = {t: self._cache[t] for t in texts if t in self._cache}
+            for text in found:
+                self._cache.move_to_end(text)
+        missing = [t for t in texts if t not in found]
+        if missing:
+            vectors = self.embedder.queries(missing)
+            with self._cache_lock:
+                for text, vector in zip(missing, vectors, strict=True):
+                    found[text] = self._cache[text] = vector
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return np.vstack([found[t] for t in texts])
+
+    def search_vectors(
+        self, queries: np.ndarray, *, k: int = 3, pivot: str | None = None
+    ) -> list[Hit]:
+        """Like ``search``, for query vectors already embedded."""
         with self._lock:
             q_scores, q_rows = self._questions.search(queries, min(64, self._questions.ntotal))
             a_scores, a_rows = self._answers.search(queries, self._answers.ntotal)

@@ -175,7 +175,9 @@ async def customer(
                 frame = json.loads(await asyncio.wait_for(ws.recv(), 120))
                 if frame["type"] == "handoff":  # a human owns it now: the bot stays silent
                     handed_over = True
-                    outcomes["handoff"].append(text)
+                    # The handoff event follows the reply of the turn that caused it.
+                    asked = asks[n - 1][2] if n else text
+                    outcomes["handoff"].append(f"{frame.get('reason')}: after {asked!r}")
                 elif frame["type"] == "error":
                     outcomes["error"].append(f"{frame['code']}: {text}")
                     break

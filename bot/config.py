@@ -130,6 +130,11 @@ class ServerConfig:
 class DatabaseConfig:
     url: str = "sqlite+aiosqlite:///var/bot.db"
     echo: bool = False
+    sqlite_synchronous: str = "NORMAL"
+
+    def __post_init__(self) -> None:
+        if self.sqlite_synchronous.upper() not in {"NORMAL", "FULL", "EXTRA"}:
+            raise ConfigError("database.sqlite_synchronous must be NORMAL, FULL or EXTRA")
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ def resolve_url(url: str, root: Path) -> str:
     return parsed.set(database=str(path)).render_as_string(hide_password=False)
 
 
-def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+def create_engine(url: str, *, echo: bool = False, synchronous: str = "NORMAL") -> AsyncEngine:
     """An engine with the per-connection settings each backend needs."""
     if not is_sqlite(url):
         return create_async_engine(url, echo=echo, pool_pre_ping=True)
@@ -43,15 +43,16 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url, echo=echo)
-    event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+
+    def pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # NORMAL (WAL): every commit survives a crash of the process; FULL also survives a
+        # power cut, at an fsync per commit (p95 turn latency 131 -> 224 ms under load).
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    event.listen(engine.sync_engine, "connect", pragmas)
     return engine
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    # FULL: a committed seq survives power loss too, so no seq a client saw is ever reused.
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.close()

@@ -65,7 +65,9 @@ class Store:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> Store:
-        self._engine = create_engine(self.config.url, echo=self.config.echo)
+        self._engine = create_engine(
+            self.config.url, echo=self.config.echo, synchronous=self.config.sqlite_synchronous
+        )
         self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)
         if is_sqlite(self.config.url):
             self._write_lock = asyncio.Lock()

@@ -51,7 +51,7 @@ def cases() -> list[tuple[str, str]]:
 def bench_index() -> None:
     config = load_config()
     knowledge = load_knowledge(config.shop.knowledge_dir)
-    embedder = Embedder(threads=config.model.threads)
+    embedder = Embedder()
     with tempfile.TemporaryDirectory() as tmp:
         info = build_index(knowledge, Path(tmp), embedder, progress=False)
     print("== index build (cold) ==")

@@ -138,7 +138,7 @@ def cmd_index(args: argparse.Namespace, config: Config) -> int:
     info = build_index(
         knowledge,
         config.retrieve.index_dir,
-        Embedder(config.model.threads),
+        Embedder(),
         progress=not args.quiet,
     )
     print(

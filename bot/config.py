@@ -82,10 +82,12 @@ class ModelConfig:
     name: str = "qwen2.5-0.5b"
     served_name: str = "meridian"
     adapter: str = ""
+    adapter_dir: Path | None = None  # PEFT adapter the embedded engine serves as `adapter`
+    vllm_python: str = ""  # interpreter of the vLLM venv (default ~/.cache/.../vllm-venv)
     api_key: str = "local"
     host: str = "127.0.0.1"
     port: int = 8181
-    threads: int = 2
+    threads: int = 1
     context: int = 4096
     connect_timeout: float = 2.0
     first_token_timeout: float = 8.0
@@ -217,6 +219,8 @@ def _build(cls: type[Any], values: dict[str, Any], section: str, base: Path) -> 
 def _coerce(value: Any, hint: Any, where: str, base: Path) -> Any:
     """Convert TOML or environment-string values to the field's declared type."""
     try:
+        if isinstance(hint, types.UnionType) and Path in typing.get_args(hint):
+            return _coerce(value, Path, where, base) if str(value).strip() else None
         if hint is Path:
             p = Path(os.path.expanduser(str(value)))
             return p if p.is_absolute() else base / p

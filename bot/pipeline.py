@@ -132,7 +132,7 @@ class Pipeline:
             default=config.shop.default_language,
             preload=True,
         )
-        retriever = Retriever(config.retrieve.index_dir, Embedder(threads=config.model.threads))
+        retriever = Retriever(config.retrieve.index_dir, Embedder())
 
         def language_of(text: str) -> str | None:
             return detector.detect(text).language

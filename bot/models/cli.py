@@ -90,7 +90,8 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
         }.items()
         if value is not None
     }
-    cfg = dataclasses.replace(config.model, url="", **changes)
+    # model.adapter names what the bot requests; here --lora says what to serve
+    cfg = dataclasses.replace(config.model, url="", adapter="", **changes)
     return asyncio.run(_serve(cfg, dict(args.lora), args.python))
 
 

@@ -106,6 +106,8 @@ def engine_from_config(
     """Pull (or only find) the model, prepare adapters, build the engine. Blocking."""
     spec = get_spec(cfg.name)
     adapters = dict(adapters or {})
+    if cfg.adapter and cfg.adapter_dir and cfg.adapter not in adapters:
+        adapters[cfg.adapter] = cfg.adapter_dir
     if cfg.adapter and cfg.adapter not in adapters:
         raise ModelError(
             f"model.adapter is {cfg.adapter!r} but no adapter directory was given for it"
@@ -116,7 +118,9 @@ def engine_from_config(
     else:
         files = find_model(spec, cfg.cache_dir)
     if python is None:
-        python = DEFAULT_VLLM_PYTHON if cfg.engine == "vllm" else sys.executable
+        python = (
+            (cfg.vllm_python or DEFAULT_VLLM_PYTHON) if cfg.engine == "vllm" else sys.executable
+        )
     cmd, env = engine_command(
         cfg.engine,
         files,

@@ -60,12 +60,15 @@ class RetrieveConfig:
 @dataclass(frozen=True)
 class GenerateConfig:
     mode: str = "auto"
-    max_tokens: int = 220
+    language: str = "customer"
+    max_tokens: int = 160
     temperature: float = 0.1
 
     def __post_init__(self) -> None:
         if self.mode not in {"auto", "always", "never"}:
             raise ConfigError(f"generate.mode must be auto, always or never, not {self.mode!r}")
+        if self.language not in {"customer", "pivot"}:
+            raise ConfigError("generate.language must be customer or pivot")
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ class ModelConfig:
     api_key: str = "local"
     host: str = "127.0.0.1"
     port: int = 8181
-    threads: int = 1
+    threads: int = 2
     context: int = 4096
     connect_timeout: float = 2.0
     first_token_timeout: float = 8.0

@@ -27,6 +27,7 @@ _WORD_NUMBER = re.compile(r"\b(" + "|".join(_WORD_NUMBERS) + r")\b", re.I)
 
 SYSTEM_PROMPT = """You are the customer-service assistant of the online shop {shop}.
 Answer the customer's last message using ONLY the facts in the FAQ passages below.
+- {language}
 - Be brief: at most three sentences, friendly and concrete.
 - Never invent numbers, prices, durations, policies, links or order details.
 - End each sentence that uses a passage with its id in square brackets, e.g. [returns.policy].
@@ -58,11 +59,15 @@ def build_messages(
     passages: Sequence[Passage],
     question: str,
     history: Sequence[tuple[str, str]] = (),
+    *,
+    language: str = "English",
+    register: str | None = None,
 ) -> list[Message]:
     block = "\n\n".join(f"[{p.faq_id}]\n{p.text}" for p in passages)
-    messages: list[Message] = [
-        {"role": "system", "content": SYSTEM_PROMPT.format(shop=shop, passages=block)}
-    ]
+    instruction = f"Write the reply in {language}"
+    instruction += f", addressing the customer with {register}." if register else "."
+    system = SYSTEM_PROMPT.format(shop=shop, passages=block, language=instruction)
+    messages: list[Message] = [{"role": "system", "content": system}]
     for role, text in history[-4:]:
         messages.append({"role": "assistant" if role != "customer" else "user", "content": text})
     messages.append({"role": "user", "content": question})
@@ -95,6 +100,32 @@ def split_citations(raw: str, known: Sequence[str]) -> tuple[str, list[str]]:
     return text, cited
 
 
+class CitationFilter:
+    """Streams text on, holding back anything from ``[`` until it is known not to be a
+    citation (citations are shown as FAQ links, not as text)."""
+
+    def __init__(self, on_delta: OnDelta) -> None:
+        self._on_delta = on_delta
+        self._held = ""
+
+    async def feed(self, piece: str) -> None:
+        text = self._held + piece
+        cut = text.rfind("[")
+        if cut >= 0 and "]" not in text[cut:] and len(text) - cut <= 40:
+            text, self._held = text[:cut], text[cut:]
+        else:
+            self._held = ""
+        text = _CITATION.sub("", text)
+        if text:
+            await self._on_delta(text)
+
+    async def flush(self) -> None:
+        if self._held:
+            held, self._held = _CITATION.sub("", self._held), ""
+            if held:
+                await self._on_delta(held)
+
+
 async def generate_reply(
     llm: LLMClient,
     *,
@@ -105,12 +136,25 @@ async def generate_reply(
     max_tokens: int = 220,
     temperature: float = 0.1,
     on_delta: OnDelta | None = None,
+    language: str = "English",
+    register: str | None = None,
 ) -> GroundedReply:
-    """Ask the model for a grounded reply and check it. Raises LLMError on engine failure."""
-    messages = build_messages(shop, passages, question, history)
-    completion = await llm.chat(
-        messages, max_tokens=max_tokens, temperature=temperature, on_delta=on_delta
+    """Ask the model for a grounded reply and check it. Raises LLMError on engine failure.
+
+    Streamed pieces reach ``on_delta`` with the ``[faq.id]`` citations already removed.
+    """
+    messages = build_messages(
+        shop, passages, question, history, language=language, register=register
     )
+    stream = CitationFilter(on_delta) if on_delta is not None else None
+    completion = await llm.chat(
+        messages,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        on_delta=stream.feed if stream else None,
+    )
+    if stream:
+        await stream.flush()
     known = [p.faq_id for p in passages]
     text, cited = split_citations(completion.text, known)
     unsupported = grounding_problems(text, passages, question)

@@ -194,6 +194,7 @@ class Translator:
         *,
         render: Callable[[str, str], str] | None = None,
         on_delta: OnDelta | None = None,
+        use_model: bool = True,
     ) -> Translation:
         """Translate ``text``; ``render(kind, span)`` may re-format protected spans
         (amounts for the target locale). Raises TranslationError or LLMError."""
@@ -214,6 +215,8 @@ class Translator:
         if cached is not None:
             self._cache.move_to_end((source, target, text))
             return done(cached, "cache")
+        if not use_model:
+            raise TranslationError("not in the translation memory", code="memory_miss")
         if self.llm is None:
             raise TranslationError("no translation engine available", code="engine_unavailable")
         out, usage = await self._with_model(masked, source, target, render, on_delta)

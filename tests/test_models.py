@@ -408,3 +408,26 @@ async def test_vllm_streams_and_serves_the_adapter_by_name(vllm_engine: str) -> 
 
 def _cache_dir() -> Path:
     return load_config().model.cache_dir
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+async def test_vllm_answers_a_pipeline_question_through_the_adapter(vllm_engine: str) -> None:
+    """The bot's pipeline, pointed at vLLM and its LoRA adapter, answers a customer."""
+    from bot.llm import LLMClient
+    from bot.pipeline import Pipeline, TurnContext
+
+    patience = 120.0 * TIMEOUT_FACTOR
+    config = load_config(environ={}).replace(
+        model={"url": vllm_engine, "served_name": ENGINE_MODEL, "adapter": ENGINE_ADAPTER,
+               "read_timeout": patience, "first_token_timeout": patience},
+        generate={"mode": "always"},
+    )  # fmt: skip
+    async with LLMClient(config.model) as llm:
+        pipeline = await asyncio.to_thread(Pipeline.build, config, llm)
+        result = await pipeline.answer("How long do I have to return an item?", TurnContext())
+    assert result.faq_ids[0].startswith("returns.")
+    generate = next(s for s in result.trace.stages if s.stage == "generate")
+    assert generate.output["usage"]["model"] == ENGINE_ADAPTER
+    assert generate.output["usage"]["completion_tokens"] > 0
+    assert result.reply

@@ -6,10 +6,12 @@ which path a turn takes, and records the trace:
 - small talk ("merci", "hola"): the bot's own curated sentence;
 - a clear FAQ match with nothing turn-specific in the message: the curated localized
   answer, verbatim (no model call: what most customers read);
-- otherwise the model writes a grounded reply from the top passages, translated back with
-  placeholders protected; any failure (engine down, ungrounded reply, lost placeholder,
-  wrong language) falls back to the curated answer, plus an offer of a human when the
-  engine is the problem;
+- otherwise the model writes a grounded reply from the top passages: by default in the
+  customer's language from the curated localized passages, streamed as it is written
+  (``generate.language = "customer"``), or in English and then translated with
+  placeholders protected (``"pivot"``); any failure (engine down, ungrounded reply, lost
+  placeholder, wrong language) falls back to the curated answer, plus an offer of a human
+  when the engine is the problem;
 - no FAQ above the threshold: "no answer" and an offer of a human (repeated: handoff).
 """
 

@@ -11,6 +11,7 @@ can use it. Timeouts scale with ``BOT_TEST_TIMEOUT_FACTOR`` (default 1).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import socket
@@ -132,21 +133,29 @@ def llm_engine(
 ) -> Iterator[str]:
     """Base URL (``http://127.0.0.1:PORT/v1``) of a llama.cpp engine serving the 0.5B model
     as ``ENGINE_MODEL`` and the test LoRA as ``ENGINE_ADAPTER``."""
+    log_dir = tmp_path_factory.mktemp("engine")
+    with serve_test_engine("llama.cpp", model_config, lora_adapter, log_dir, 120) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serve_test_engine(
+    engine_name: str, model_config: ModelConfig, adapter: Path, log_dir: Path, start_s: float
+) -> Iterator[str]:
+    """Run ``engine_name`` with the test model and adapter on a free port; yield its URL."""
     cfg = dataclasses.replace(
         model_config,
         url="",
-        engine="llama.cpp",
+        engine=engine_name,
         name=TEST_MODEL,
         served_name=ENGINE_MODEL,
         adapter="",
         host="127.0.0.1",
         port=free_port(),
-        start_timeout=120 * TIMEOUT_FACTOR,
+        start_timeout=start_s * TIMEOUT_FACTOR,
     )
     engine = engine_from_config(
-        cfg,
-        adapters={ENGINE_ADAPTER: lora_adapter},
-        log_path=tmp_path_factory.mktemp("engine") / "llama.cpp.log",
+        cfg, adapters={ENGINE_ADAPTER: adapter}, log_path=log_dir / f"{engine_name}.log"
     )
     thread = EngineThread(engine)
     thread.start_and_wait()

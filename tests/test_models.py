@@ -22,7 +22,7 @@ import pytest
 from bot.config import ModelConfig, load_config
 from bot.errors import ChecksumError, ModelError
 from bot.models import cli as model_cli
-from bot.models.engines import DEFAULT_VLLM_PYTHON, engine_command, engine_from_config
+from bot.models.engines import DEFAULT_VLLM_PYTHON, engine_command
 from bot.models.lora import peft_to_gguf
 from bot.models.pull import ModelFiles, ensure_parts, find_model, join_parts, pull_model
 from bot.models.registry import get_spec
@@ -32,8 +32,8 @@ from tests.engine_plugin import (
     ENGINE_MODEL,
     TEST_MODEL,
     TIMEOUT_FACTOR,
-    EngineThread,
     free_port,
+    serve_test_engine,
 )
 
 SMALL = get_spec("smollm2-135m")  # 98 MB, one part: quick pulls
@@ -366,28 +366,9 @@ def vllm_engine(
 ) -> Iterator[str]:
     if not Path(DEFAULT_VLLM_PYTHON).exists():
         pytest.skip(f"no vLLM venv at {DEFAULT_VLLM_PYTHON} (see docs/models.md to create it)")
-    cfg = dataclasses.replace(
-        model_config,
-        url="",
-        engine="vllm",
-        name=TEST_MODEL,
-        served_name=ENGINE_MODEL,
-        adapter="",
-        host="127.0.0.1",
-        port=free_port(),
-        start_timeout=300 * TIMEOUT_FACTOR,
-    )
-    engine = engine_from_config(
-        cfg,
-        adapters={ENGINE_ADAPTER: lora_adapter},
-        log_path=tmp_path_factory.mktemp("vllm") / "vllm.log",
-    )
-    thread = EngineThread(engine)
-    thread.start_and_wait()
-    try:
-        yield engine.base_url
-    finally:
-        thread.close()
+    log_dir = tmp_path_factory.mktemp("vllm")
+    with serve_test_engine("vllm", model_config, lora_adapter, log_dir, 300) as url:
+        yield url
 
 
 @pytest.mark.slow

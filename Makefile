@@ -10,7 +10,6 @@ PY := $(VENV)/bin/python
 BOT := $(VENV)/bin/bot
 CACHE ?= $(HOME)/.cache/meridian-bot
 WHEELS := $(CACHE)/wheels
-LLAMA_CPP := llama-cpp-python==0.3.36
 VLLM_VENV := $(CACHE)/vllm-venv
 PYTEST_ARGS ?=
 
@@ -34,16 +33,19 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip wheel setuptools
-	@# llama-cpp-python has no binary wheel on PyPI: build it once (8-13 min on 2 cores), keep it.
-	ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
-		$(PY) -m pip wheel --no-deps --wheel-dir $(WHEELS) $(LLAMA_CPP)
-	$(PY) -m pip install --quiet --find-links $(WHEELS) -e ".[dev]"
+	@# llama-cpp-python has no binary wheel on PyPI: built once per CPU type (8-13 min on
+	@# 2 cores) with explicit instruction sets, never -march=native (scripts/llama_wheel.py).
+	$(PYTHON) scripts/llama_wheel.py build --python $(PY) --cache $(WHEELS)
+	$(PY) -m pip install --quiet -e ".[dev]"
 	@# PyPI's torchvision/torchaudio are CUDA builds that break imports beside the CPU torch.
 	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $@
 
 model: setup
 	$(BOT) model pull
+	@# A real completion through the engine; a build that crashes on this CPU is rebuilt lower.
+	$(PYTHON) scripts/llama_wheel.py check --python $(PY) --cache $(WHEELS) \
+		--model "$$($(BOT) model path)"
 
 index: setup
 	$(BOT) index

@@ -7,7 +7,8 @@
     ├── KnowledgeError          knowledge/ files invalid (duplicate id, unknown template...)
     ├── IndexMissingError       the FAISS index has not been built (run `bot index`)
     ├── ModelError              acquiring or serving a model failed
-    │   └── ChecksumError       a joined model file has the wrong SHA-256
+    │   ├── ChecksumError       a joined model file has the wrong SHA-256
+    │   └── EngineCrashError    the engine process dies (e.g. SIGILL: built for another CPU)
     ├── LLMError                the OpenAI-compatible engine failed a request
     │   ├── EngineUnavailable   connection refused / circuit open: fail fast
     │   └── EngineTimeout       no first token or stalled stream
@@ -50,6 +51,10 @@ class ModelError(BotError):
 
 class ChecksumError(ModelError):
     code = "checksum"
+
+
+class EngineCrashError(ModelError):
+    code = "engine_crash"
 
 
 class LLMError(BotError):

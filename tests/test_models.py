@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from bot.config import ModelConfig, load_config
-from bot.errors import ChecksumError, ModelError
+from bot.errors import ChecksumError, EngineCrashError, ModelError
 from bot.models import cli as model_cli
 from bot.models.engines import DEFAULT_VLLM_PYTHON, engine_command
 from bot.models.lora import peft_to_gguf
@@ -252,6 +252,76 @@ async def test_engine_that_never_answers_times_out(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"(?s)not ready after 2 s.*loading\.\.\."):
         await engine.start()
     assert not engine.running
+
+
+# Answers /models, then dies of an illegal instruction on its first completion (or, with a
+# second argument, on the completion after the smoke one): what a build for another CPU does.
+_SIGILL_ENGINE = """
+import http.server, json, os, signal, sys
+SURVIVE = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+class H(http.server.BaseHTTPRequestHandler):
+    completions = 0
+    def do_GET(self):
+        body = json.dumps({"object": "list", "data": []}).encode()
+        self.send_response(200); self.end_headers(); self.wfile.write(body)
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        H.completions += 1
+        if H.completions > SURVIVE:
+            os.kill(os.getpid(), signal.SIGILL)
+        body = json.dumps({"choices": [{"message": {"content": "OK"}}]}).encode()
+        self.send_response(200); self.end_headers(); self.wfile.write(body)
+    def log_message(self, *args): pass
+print("sigill engine up", flush=True)
+signal.signal(signal.SIGILL, signal.SIG_DFL)
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+async def test_engine_that_crashes_on_its_first_completion_is_reported(tmp_path: Path) -> None:
+    """An engine built for another CPU fails at start with "crashes on this CPU", not later."""
+    port = free_port()
+    engine = EmbeddedEngine(
+        [sys.executable, "-c", _SIGILL_ENGINE, str(port)],
+        {},
+        f"http://127.0.0.1:{port}/v1",
+        10 * TIMEOUT_FACTOR,
+        log_path=tmp_path / "engine.log",
+        grace=2,
+        smoke_model="meridian",
+    )
+    with pytest.raises(EngineCrashError, match=r"crashes on this CPU: killed by SIGILL"):
+        await engine.start()
+    assert engine.failure is not None and "SIGILL" in engine.failure
+    assert not engine.running
+
+
+async def test_engine_crash_loop_is_reported_once_not_restarted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An engine that dies of SIGILL while serving is given up on at once, with one clear log."""
+    port = free_port()
+    engine = EmbeddedEngine(
+        [sys.executable, "-c", _SIGILL_ENGINE, str(port), "1"],
+        {},
+        f"http://127.0.0.1:{port}/v1",
+        10 * TIMEOUT_FACTOR,
+        log_path=tmp_path / "engine.log",
+        grace=2,
+        smoke_model="meridian",
+    )
+    async with engine, httpx.AsyncClient(trust_env=False) as client:
+        assert engine.failure is None
+        with contextlib.suppress(httpx.HTTPError):
+            await client.post(f"{engine.base_url}/chat/completions", json={}, timeout=5)
+        await asyncio.wait_for(engine.wait(), 10 * TIMEOUT_FACTOR)
+    assert engine.restarts == 0
+    assert (
+        engine.failure == "the engine crashes on this CPU: killed by SIGILL (illegal instruction)"
+    )
+    crash_logs = [r for r in caplog.records if "crashes on this CPU" in r.getMessage()]
+    assert len(crash_logs) == 1
+    assert (tmp_path / "engine.log").read_text().splitlines().count("sigill engine up") == 1
 
 
 def test_busy_port_is_refused(model_config: ModelConfig, tmp_path: Path) -> None:

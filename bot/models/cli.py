@@ -35,6 +35,10 @@ def register(subparsers: Any) -> dict[str, Handler]:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_pull)
 
+    p = sub.add_parser("path", help="print the pulled model's GGUF file (for scripts)")
+    p.add_argument("name", nargs="?", help="model name (default: model.name)")
+    p.set_defaults(func=cmd_path)
+
     p = sub.add_parser("serve", help="run an engine in the foreground until Ctrl-C")
     p.add_argument("--engine", choices=ENGINES, help="default: model.engine")
     p.add_argument("--model", dest="name", help="model name (default: model.name)")
@@ -50,7 +54,7 @@ def register(subparsers: Any) -> dict[str, Handler]:
     )
     p.add_argument("--python", help="engine interpreter (vLLM: its own venv's python)")
     p.set_defaults(func=cmd_serve)
-    return {"list": cmd_list, "pull": cmd_pull, "serve": cmd_serve}
+    return {"list": cmd_list, "pull": cmd_pull, "path": cmd_path, "serve": cmd_serve}
 
 
 def cmd_list(args: argparse.Namespace, config: Config) -> int:
@@ -76,6 +80,11 @@ def cmd_pull(args: argparse.Namespace, config: Config) -> int:
     print(f"{spec.name}: {files.gguf}")
     if files.hf_dir:
         print(f"{spec.name}: {files.hf_dir}")
+    return 0
+
+
+def cmd_path(args: argparse.Namespace, config: Config) -> int:
+    print(find_model(get_spec(args.name or config.model.name), config.model.cache_dir).gguf)
     return 0
 
 
@@ -107,7 +116,7 @@ async def _serve(cfg: ModelConfig, adapters: dict[str, Path], python: str | None
             print(f"serving {cfg.name} with {cfg.engine} at {engine.base_url} as: {names}")
             print(f"engine log: {engine.log_path}; Ctrl-C to stop", flush=True)
             await engine.wait()
-            print(f"the engine kept failing; see {engine.log_path}")
+            print(f"{engine.failure or 'the engine kept failing'}; log: {engine.log_path}")
             return 1
     except asyncio.CancelledError:
         print("stopped")

@@ -24,6 +24,7 @@ from typing import Any
 
 from bot.config import ModelConfig
 from bot.errors import ModelError
+from bot.llm import LLMClient
 from bot.models.lora import adapter_digest, peft_to_gguf
 from bot.models.pull import ModelFiles, find_model, pull_model
 from bot.models.registry import get_spec
@@ -35,6 +36,7 @@ __all__ = [
     "EmbeddedEngine",
     "engine_command",
     "engine_from_config",
+    "model_client",
     "prepare_adapters",
     "start_from_config",
 ]
@@ -138,7 +140,21 @@ def engine_from_config(
         f"http://{_probe_host(cfg.host)}:{cfg.port}/v1",
         cfg.start_timeout,
         log_path=log_path or cfg.cache_dir / "logs" / f"{cfg.engine}-{cfg.port}.log",
+        smoke_model=cfg.served_name,
     )
+
+
+@asynccontextmanager
+async def model_client(cfg: ModelConfig, *, start: bool = True) -> AsyncIterator[LLMClient]:
+    """A model client: the configured URL, an engine already serving, or (``start``) the
+    embedded engine started for the duration (a CLI command's lifetime)."""
+    async with LLMClient(cfg) as client:
+        if cfg.url or await client.health() or not start:
+            yield client
+            return
+        print("bot: starting the embedded model engine...", file=sys.stderr)
+        async with start_from_config(cfg):
+            yield client
 
 
 @asynccontextmanager

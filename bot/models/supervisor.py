@@ -1,8 +1,13 @@
 """Run an OpenAI-compatible engine as a supervised child process.
 
 ``EmbeddedEngine`` starts the command in its own process group with its output appended to
-a log file, waits until ``GET {base_url}/models`` answers, restarts the child with backoff
-if it dies, and on exit stops the whole group: SIGTERM, then SIGKILL after a grace period.
+a log file, waits until ``GET {base_url}/models`` answers, then runs one real completion
+(a "smoke" request: an engine built for another CPU answers ``/models`` and dies with
+SIGILL on its first matrix multiply). It restarts the child with backoff if it dies, and on
+exit stops the whole group: SIGTERM, then SIGKILL after a grace period.
+
+A crash that will only repeat (an illegal instruction, a crash during the smoke request)
+is reported once, clearly, in ``failure`` and the log, and not restarted in a loop.
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from bot.errors import ModelError
+from bot.errors import EngineCrashError, ModelError
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+# Deaths that a restart on the same machine can only repeat.
+_CPU_SIGNALS = frozenset({signal.SIGILL, signal.SIGBUS})
 _STABLE_SECONDS = 60.0  # a child that ran this long resets the restart count
 _MAX_BACKOFF = 30.0
 
@@ -48,6 +55,7 @@ class EmbeddedEngine:
         grace: float = 10.0,
         max_restarts: int = 5,
         probe_interval: float = 0.5,
+        smoke_model: str | None = None,
     ) -> None:
         if not cmd:
             raise ValueError("empty engine command")
@@ -59,8 +67,10 @@ class EmbeddedEngine:
         self.grace = grace
         self.max_restarts = max_restarts
         self.probe_interval = probe_interval
+        self.smoke_model = smoke_model  # served name for the smoke completion; None: skip
         self.restarts = 0
         self.started_in: float | None = None  # seconds the first start took
+        self.failure: str | None = None  # why the engine was given up on, for /healthz
         self._proc: asyncio.subprocess.Process | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
@@ -93,9 +103,15 @@ class EmbeddedEngine:
         self._proc = await self._launch()
         try:
             await self._wait_ready(self._proc)
+            await self._smoke(self._proc)
+        except ModelError as exc:
+            self.failure = str(exc).split("\n")[0]
+            await self._terminate()
+            raise
         except BaseException:
             await self._terminate()
             raise
+        self.failure = None
         self.started_in = time.monotonic() - began
         log.info("engine ready at %s in %.1f s (pid %d)", self.base_url, self.started_in, self.pid)
         self._supervisor = asyncio.create_task(self._supervise(), name="engine-supervisor")
@@ -148,8 +164,11 @@ class EmbeddedEngine:
         async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
             while True:
                 if proc.returncode is not None:
-                    raise ModelError(
-                        f"engine exited with status {proc.returncode} while starting; "
+                    code = proc.returncode
+                    error = EngineCrashError if -code in _CPU_SIGNALS else ModelError
+                    what = "crashes on this CPU" if error is EngineCrashError else "exited"
+                    raise error(
+                        f"the engine {what}: {describe_exit(code)} while starting; "
                         f"log {self.log_path}:\n{self.tail()}"
                     )
                 with contextlib.suppress(httpx.HTTPError):
@@ -163,6 +182,46 @@ class EmbeddedEngine:
                     )
                 await asyncio.sleep(self.probe_interval)
 
+    async def _smoke(self, proc: asyncio.subprocess.Process) -> None:
+        """One real completion; the child dying meanwhile is a crash on this machine."""
+        if self.smoke_model is None:
+            return
+        body = {
+            "model": self.smoke_model,
+            "messages": [{"role": "user", "content": "Say OK."}],
+            "max_tokens": 1,
+            "temperature": 0,
+        }
+        async with httpx.AsyncClient(timeout=self.start_timeout, trust_env=False) as client:
+            request = asyncio.ensure_future(
+                client.post(f"{self.base_url}/chat/completions", json=body)
+            )
+            died = asyncio.ensure_future(proc.wait())
+            await asyncio.wait({request, died}, return_when=asyncio.FIRST_COMPLETED)
+            if not died.done() and request.exception() is not None:
+                await asyncio.wait({died}, timeout=2.0)  # the connection broke: did it die?
+            if died.done():
+                request.cancel()
+                with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+                    await request
+                code = died.result()
+                what = "crashes on this CPU" if -code in _CPU_SIGNALS else "died"
+                raise EngineCrashError(
+                    f"the engine {what}: {describe_exit(code)} on its first completion; "
+                    "rebuild it for this machine (docs/models.md, 'The engine crashes on "
+                    f"this CPU'). Log {self.log_path}:\n{self.tail(10)}"
+                )
+            died.cancel()
+            try:
+                response = request.result()
+            except httpx.HTTPError as exc:
+                raise ModelError(f"engine smoke completion failed: {exc!r}") from exc
+            if response.status_code != 200:
+                raise ModelError(
+                    f"engine smoke completion failed: HTTP {response.status_code} "
+                    f"{response.text[:200]}"
+                )
+
     async def _supervise(self) -> None:
         failures = 0
         while True:
@@ -172,12 +231,13 @@ class EmbeddedEngine:
             if self._stopping:
                 return
             failures = 1 if time.monotonic() - started > _STABLE_SECONDS else failures + 1
+            if code < 0 and -code in _CPU_SIGNALS:
+                self._give_up(f"the engine crashes on this CPU: {describe_exit(code)}")
+                return
             if failures > self.max_restarts:
-                log.error(
-                    "engine died %d times in a row; giving up. Log %s:\n%s",
-                    failures,
-                    self.log_path,
-                    self.tail(),
+                self._give_up(
+                    f"the engine keeps crashing: {failures} deaths in a row, "
+                    f"the last {describe_exit(code)}"
                 )
                 return
             delay = min(_MAX_BACKOFF, 2.0 ** (failures - 1))
@@ -199,10 +259,20 @@ class EmbeddedEngine:
             self.restarts += 1
             try:
                 await self._wait_ready(self._proc)
+                await self._smoke(self._proc)
                 log.info("engine restarted (pid %d)", self._proc.pid)
+            except EngineCrashError as exc:
+                self._give_up(str(exc).split("\n")[0])
+                await self._terminate()
+                return
             except ModelError as exc:
                 log.error("engine restart failed: %s", exc)
                 await self._terminate()
+
+    def _give_up(self, why: str) -> None:
+        """Report once, clearly, and stop restarting."""
+        self.failure = why
+        log.error("%s; not restarting it. Log %s:\n%s", why, self.log_path, self.tail())
 
     async def _terminate(self) -> None:
         proc = self._proc
@@ -226,6 +296,17 @@ class EmbeddedEngine:
                 return
             await asyncio.sleep(0.1)
         _signal_group(pgid, signal.SIGKILL)
+
+
+def describe_exit(code: int) -> str:
+    """``-4`` -> "killed by SIGILL (illegal instruction)"; ``1`` -> "exit status 1"."""
+    if code >= 0:
+        return f"exit status {code}"
+    try:
+        sig = signal.Signals(-code)
+    except ValueError:
+        return f"killed by signal {-code}"
+    return f"killed by {sig.name} ({(signal.strsignal(sig) or sig.name).lower()})"
 
 
 def _open_log(path: Path, cmd: Sequence[str]) -> BinaryIO:

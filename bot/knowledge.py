@@ -12,13 +12,15 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import time
 from pathlib import Path
 from typing import Any
 
 from bot.errors import KnowledgeError
 
 OUT_OF_SCOPE = "_out_of_scope"  # pseudo FAQ id of the off-topic examples
-TEMPLATE = re.compile(r"\{(money|length|weight|shop):([A-Za-z0-9_]+)\}")
+TEMPLATE = re.compile(r"\{(money|length|weight|time|shop|hours):([A-Za-z0-9_]+)\}")
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")  # index 0 = Monday, as in CLDR/Babel
 TOPICS = (
     "orders",
     "shipping",
@@ -36,9 +38,10 @@ TOPICS = (
 @dataclass(frozen=True)
 class Fact:
     key: str
-    kind: str  # money | length | weight
+    kind: str  # money | length | weight | time
     per_market: Mapping[str, str] = field(default_factory=dict)  # money: "49 EUR"
     value: float = 0.0  # length in cm, weight in kg
+    clock: time | None = None  # time: a time of day ("14:00"), local to the place it concerns
 
     def money(self, market: str) -> tuple[float, str]:
         raw = self.per_market.get(market) or self.per_market.get("INTL")
@@ -46,6 +49,25 @@ class Fact:
             raise KnowledgeError(f"fact {self.key!r} has no value for market {market!r}")
         amount, _, currency = raw.strip().partition(" ")
         return float(amount), currency.strip()
+
+
+@dataclass(frozen=True)
+class Opening:
+    """One line of a timetable: the same hours on a run of weekdays."""
+
+    first_day: int  # 0 = Monday ... 6 = Sunday
+    last_day: int  # == first_day for a single day
+    opens: time
+    closes: time
+
+
+@dataclass(frozen=True)
+class Hours:
+    """When a contact channel is staffed: ``[hours.KEY]`` in shop.toml, ``{hours:KEY}``."""
+
+    key: str
+    timezone: str  # IANA zone the times are in, e.g. Europe/Amsterdam
+    openings: tuple[Opening, ...]
 
 
 @dataclass(frozen=True)
@@ -69,6 +91,7 @@ class LanguageSettings:
     units: str  # metric | imperial
     direction: str  # ltr | rtl
     date_style: str = "medium"
+    style: str = ""  # sentence-ending style where grammar marks politeness (ko, ja)
 
 
 @dataclass(frozen=True)
@@ -116,6 +139,7 @@ class Knowledge:
     i18n: Mapping[str, Localization]
     fingerprint: str
     out_of_scope: tuple[str, ...] = ()  # off-topic examples, any language
+    hours: Mapping[str, Hours] = field(default_factory=dict)  # opening hours per contact channel
 
     def entry(self, faq_id: str) -> FaqEntry:
         try:
@@ -178,7 +202,13 @@ class Knowledge:
 
 
 def strip_templates(text: str) -> str:
-    return TEMPLATE.sub(lambda m: m.group(2).replace("_", " "), text)
+    """Templates as plain words for the index: ``{hours:support}`` -> ``support hours``."""
+
+    def words(match: re.Match[str]) -> str:
+        kind, key = match.group(1), match.group(2).replace("_", " ")
+        return f"{key} hours" if kind == "hours" else key
+
+    return TEMPLATE.sub(words, text)
 
 
 def load_knowledge(directory: Path) -> Knowledge:
@@ -193,6 +223,7 @@ def load_knowledge(directory: Path) -> Knowledge:
 
     shop = _read(directory / "shop.toml")
     facts = {key: _fact(key, raw) for key, raw in shop.get("facts", {}).items()}
+    hours = {key: _hours(key, raw) for key, raw in shop.get("hours", {}).items()}
     markets = {
         code: Market(
             code=code,
@@ -215,6 +246,7 @@ def load_knowledge(directory: Path) -> Knowledge:
             units=raw.get("units", "metric"),
             direction=raw.get("direction", "ltr"),
             date_style=raw.get("date_style", "medium"),
+            style=raw.get("style", ""),
         )
         for code, raw in _read(directory / "locales.toml")["languages"].items()
     }
@@ -247,6 +279,7 @@ def load_knowledge(directory: Path) -> Knowledge:
         i18n=i18n,
         fingerprint=digest.hexdigest()[:16],
         out_of_scope=_out_of_scope(directory / "out_of_scope.toml"),
+        hours=hours,
     )
     _check_templates(knowledge)
     return knowledge
@@ -279,7 +312,50 @@ def _fact(key: str, raw: Mapping[str, Any]) -> Fact:
         return Fact(key=key, kind=kind, per_market=values)
     if kind in {"length", "weight"}:
         return Fact(key=key, kind=kind, value=float(raw["value"]))
+    if kind == "time":
+        return Fact(key=key, kind=kind, clock=_clock(str(raw.get("value", "")), f"fact {key!r}"))
     raise KnowledgeError(f"shop.toml: fact {key!r} has unknown kind {kind!r}")
+
+
+def _clock(raw: str, where: str) -> time:
+    """ "08:00" -> time(8, 0); 24-hour clock, minutes required."""
+    match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", raw.strip())
+    if not match:
+        raise KnowledgeError(f'shop.toml: {where}: {raw!r} is not a time of day like "08:00"')
+    return time(int(match.group(1)), int(match.group(2)))
+
+
+def _weekdays(raw: str, where: str) -> tuple[int, int]:
+    """ "mon-fri" -> (0, 4); "sat" -> (5, 5)."""
+    first, _, last = raw.strip().lower().partition("-")
+    last = last or first
+    if first not in WEEKDAYS or last not in WEEKDAYS:
+        raise KnowledgeError(f'shop.toml: {where}: days {raw!r} are not like "mon-fri" or "sat"')
+    span = (WEEKDAYS.index(first), WEEKDAYS.index(last))
+    if span[0] > span[1]:
+        raise KnowledgeError(f"shop.toml: {where}: days {raw!r} run backwards")
+    return span
+
+
+def _hours(key: str, raw: Mapping[str, Any]) -> Hours:
+    where = f"hours {key!r}"
+    zone = str(raw.get("timezone", "")).strip()
+    if not re.fullmatch(r"[A-Za-z_]+(?:/[A-Za-z0-9_+-]+)+", zone):
+        raise KnowledgeError(f"shop.toml: {where}: timezone {zone!r} is not an IANA zone name")
+    openings = []
+    for line in raw.get("open", []):
+        first, last = _weekdays(str(line.get("days", "")), where)
+        opens = _clock(str(line.get("from", "")), where)
+        closes = _clock(str(line.get("to", "")), where)
+        if closes <= opens:
+            raise KnowledgeError(f"shop.toml: {where}: closes at {closes} before opening {opens}")
+        openings.append(Opening(first_day=first, last_day=last, opens=opens, closes=closes))
+    if not openings:
+        raise KnowledgeError(f"shop.toml: {where} has no opening times")
+    days = sorted(d for o in openings for d in range(o.first_day, o.last_day + 1))
+    if len(days) != len(set(days)):
+        raise KnowledgeError(f"shop.toml: {where} lists a weekday twice")
+    return Hours(key=key, timezone=zone, openings=tuple(openings))
 
 
 def _answer(raw: Mapping[str, Any]) -> Answer:
@@ -321,5 +397,8 @@ def _check_templates(k: Knowledge) -> None:
             if kind == "shop":
                 if key not in k.contact:
                     raise KnowledgeError(f"{where}: unknown contact key {{shop:{key}}}")
+            elif kind == "hours":
+                if key not in k.hours:
+                    raise KnowledgeError(f"{where}: unknown opening hours {{hours:{key}}}")
             elif key not in k.facts or k.facts[key].kind != kind:
                 raise KnowledgeError(f"{where}: unknown {kind} fact {{{kind}:{key}}}")

@@ -1,8 +1,11 @@
 """Localization: the reply as the customer's locale writes it.
 
-- ``{money:key}``, ``{length:key}``, ``{weight:key}``, ``{shop:key}`` templates in curated
-  answers are filled from the shop's facts for the customer's market, formatted with CLDR
-  (Babel): 1299.5 EUR in de_DE is ``1.299,50 €``; lengths and weights in the locale's units.
+- ``{money:key}``, ``{length:key}``, ``{weight:key}``, ``{time:key}``, ``{shop:key}`` templates
+  in curated answers are filled from the shop's facts for the customer's market, formatted with
+  CLDR (Babel): 1299.5 EUR in de_DE is ``1.299,50 €``; lengths and weights in the locale's units.
+- ``{hours:key}`` renders a contact channel's opening hours from shop.toml with the locale's
+  weekday names, time format, list pattern and time-zone name: ``Monday–Friday 8:00 AM–6:00 PM
+  (Pacific Time)`` in en_US, ``月曜日～金曜日 8:00～20:00（中央ヨーロッパ時間）`` in ja_JP.
 - Amounts that the model or the customer wrote (``€49.90``) are re-formatted for the locale.
 - Register (Sie/du, vous/tu) is a property of the curated text and of the translation
   prompt; this module exposes it for both.
@@ -12,14 +15,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import time
 from functools import lru_cache
 
 from babel import Locale, UnknownLocaleError
+from babel.dates import format_time, get_timezone, get_timezone_name
+from babel.lists import format_list
 from babel.numbers import format_currency, format_decimal
 from babel.units import format_unit
 
 from bot.errors import KnowledgeError
-from bot.knowledge import TEMPLATE, Knowledge, LanguageSettings
+from bot.knowledge import TEMPLATE, Hours, Knowledge, LanguageSettings
 
 _CM_PER_INCH = 2.54
 _LB_PER_KG = 2.20462
@@ -28,6 +34,9 @@ _SYMBOL_TO_CURRENCY = {
     "₽": "RUB", "R$": "BRL", "C$": "CAD", "A$": "AUD", "HK$": "HKD", "₹": "INR", "元": "CNY",
     "円": "JPY", "원": "KRW", "RMB": "CNY", "руб": "RUB", "руб.": "RUB", "د.إ": "AED",
 }  # fmt: skip
+# How a time-zone name follows the hours: full-width brackets in Chinese and Japanese, no
+# space before the bracket in Korean (as the localized texts write it), " (…)" elsewhere.
+_ZONE_BRACKETS = {"zh": "{0}（{1}）", "ja": "{0}（{1}）", "ko": "{0}({1})"}
 _AMOUNT_RE = re.compile(
     r"^(?P<pre>[A-Z]{3}|US\$|R\$|C\$|A\$|HK\$|[$€£¥￥₩₽₹])?\s?"
     r"(?P<num>[\d.,\u00a0\u202f ]*\d)\s?"
@@ -97,9 +106,15 @@ class Localizer:
             kind, key = match.group(1), match.group(2)
             if kind == "shop":
                 return self.knowledge.contact[key]
+            if kind == "hours":
+                return self.opening_hours(key, where.locale)
             fact = self.knowledge.facts.get(key)
             if fact is None:
                 raise KnowledgeError(f"unknown fact {key!r}")
+            if kind == "time":
+                if fact.clock is None:
+                    raise KnowledgeError(f"fact {key!r} is not a time of day")
+                return self.clock(fact.clock, where.locale)
             if kind == "money":
                 amount, currency = fact.money(where.market)
                 return self.money(amount, currency, where.locale)
@@ -112,6 +127,19 @@ class Localizer:
             return self._unit(fact.value, "mass-kilogram", where.locale)
 
         return TEMPLATE.sub(fill, template)
+
+    def opening_hours(self, key: str, locale: str) -> str:
+        """``{hours:KEY}``: the timetable in the locale's words, with its time zone's name."""
+        hours = self.knowledge.hours.get(key)
+        if hours is None:
+            raise KnowledgeError(f"unknown opening hours {key!r}")
+        return _timetable(hours, locale)
+
+    @staticmethod
+    def clock(value: time, locale: str) -> str:
+        """A time of day in the locale's short format, without a leading zero: 8:00, 2:00 PM."""
+        loc = _locale(locale)
+        return str(format_time(value, _time_pattern(loc), locale=loc))
 
     @staticmethod
     def money(amount: float, currency: str, locale: str) -> str:
@@ -147,6 +175,42 @@ class Localizer:
         for name, value in values.items():
             text = text.replace("{" + name + "}", value)
         return text
+
+
+@lru_cache(maxsize=64)
+def _locale(tag: str) -> Locale:
+    return Locale.parse(tag)
+
+
+def _time_pattern(locale: Locale) -> str:
+    """The short time pattern with an unpadded hour ("HH:mm" -> "H:mm"), as hours are written."""
+    pattern = str(locale.time_formats["short"].pattern)
+    return re.sub(r"(?<![Hh'])(HH|hh)(?![Hh])", lambda m: m.group(1)[0], pattern)
+
+
+def _range(locale: Locale, start: str, end: str) -> str:
+    """``start–end`` with the locale's range mark (CLDR interval fallback, spaces dropped)."""
+    fallback = str(locale.interval_formats.get(None) or "{0}–{1}")
+    mark = fallback.replace("{0}", "").replace("{1}", "").strip() or "–"
+    return f"{start}{mark}{end}"
+
+
+@lru_cache(maxsize=256)
+def _timetable(hours: Hours, locale_tag: str) -> str:
+    loc = _locale(locale_tag)
+    names = loc.days["stand-alone"]["wide"]
+    pattern = _time_pattern(loc)
+    lines = []
+    for o in hours.openings:
+        days = names[o.first_day]
+        if o.last_day != o.first_day:
+            days = _range(loc, days, names[o.last_day])
+        opens = format_time(o.opens, pattern, locale=loc)
+        closes = format_time(o.closes, pattern, locale=loc)
+        lines.append(f"{days} {_range(loc, opens, closes)}")
+    zone = get_timezone_name(get_timezone(hours.timezone), width="long", locale=loc)
+    text = format_list(lines, style="standard", locale=loc)
+    return _ZONE_BRACKETS.get(loc.language, "{0} ({1})").format(text, zone)
 
 
 def _parse_number(raw: str) -> float | None:

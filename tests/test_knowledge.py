@@ -2,10 +2,39 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
+from collections.abc import Iterator
 
 from bot.knowledge import TEMPLATE, TOPICS, Knowledge
 from tests.conftest import LANGUAGES
+
+# A time of day written by hand (8:00, 20.00, 8 h, 14 Uhr, 2 p.m., 14時, 下午2点, 오후 2시,
+# 8:00 صباحًا ...): opening hours come from {hours:KEY}, other times from {time:KEY}.
+HAND_TYPED_TIME = re.compile(
+    r"\d{1,2}[:.：]\d{2}(?!\d)"
+    r"|\b\d{1,2}\s?(?:h|Uhr|[ap]\.?\s?m\.?)(?![\w/])"
+    r"|\d{1,2}\s?(?:時|点|시)(?![間间간])"
+    r"|(?:午前|午後|上午|下午|中午|晚上|오전|오후)\s?\d"
+    r"|\d{1,2}\s?(?:صباحًا|صباحا|مساءً|مساء|ظهرًا|ظهرا)"
+    r"|الساعة\s?\d",
+    re.IGNORECASE,
+)
+
+
+def curated_texts(knowledge: Knowledge) -> Iterator[tuple[str, str]]:
+    """(where, text) for every text the bot shows verbatim, market variants included."""
+    for entry in knowledge.entries.values():
+        yield f"faq {entry.id}", entry.answer.text
+        for market, text in entry.answer.markets.items():
+            yield f"faq {entry.id} [{market}]", text
+    for loc in knowledge.i18n.values():
+        for key, text in {**loc.messages, **loc.ui}.items():
+            yield f"i18n/{loc.language} {key}", text
+        for faq_id, localized in loc.faq.items():
+            yield f"i18n/{loc.language} {faq_id}", localized.answer.text
+            for market, text in localized.answer.markets.items():
+                yield f"i18n/{loc.language} {faq_id} [{market}]", text
 
 
 def test_faq_covers_every_topic_with_enough_entries(knowledge: Knowledge) -> None:
@@ -29,16 +58,67 @@ def test_every_language_has_every_curated_answer(knowledge: Knowledge) -> None:
             assert len(localized.questions) >= 3, (lang, faq_id)
 
 
+def templates(text: str) -> set[tuple[str, str]]:
+    return set(TEMPLATE.findall(text))
+
+
 def test_localized_answers_keep_the_same_facts(knowledge: Knowledge) -> None:
-    """Amount and measurement templates are the same in the English and localized answers."""
-
-    def facts(text: str) -> set[tuple[str, str]]:
-        return {(k, v) for k, v in TEMPLATE.findall(text) if k != "shop" or "hours" not in v}
-
+    """Every template (amounts, measures, times, contact facts, opening hours) of the English
+    answer is in each localized answer, and each market variant matches its English variant."""
     for loc in knowledge.i18n.values():
         for faq_id, localized in loc.faq.items():
             english = knowledge.entries[faq_id].answer
-            assert facts(localized.answer.text) == facts(english.text), (loc.language, faq_id)
+            where = (loc.language, faq_id)
+            assert templates(localized.answer.text) == templates(english.text), where
+            for market, text in english.markets.items():
+                assert templates(localized.answer.markets[market]) == templates(text), (
+                    *where,
+                    market,
+                )
+
+
+def test_localized_messages_keep_the_same_templates(knowledge: Knowledge) -> None:
+    """The bot's sentences carry the same facts and placeholders as English (handoff: e-mail,
+    phone numbers and opening hours)."""
+    english = knowledge.i18n["en"]
+    placeholder = re.compile(r"\{[a-z_]+\}")
+    for loc in knowledge.i18n.values():
+        for key, text in english.messages.items():
+            where = (loc.language, key)
+            assert templates(loc.messages[key]) == templates(text), where
+            assert set(placeholder.findall(loc.messages[key])) == set(placeholder.findall(text))
+        for key, text in english.ui.items():
+            assert set(placeholder.findall(loc.ui[key])) == set(placeholder.findall(text))
+
+
+def test_opening_hours_come_from_the_shop_facts(knowledge: Knowledge) -> None:
+    """Hours are data in shop.toml, used through {hours:KEY} wherever they are stated."""
+    assert {"support", "phone_us"} <= set(knowledge.hours)
+    assert not any("hours" in key for key in knowledge.contact), "hours as a raw contact string"
+    for faq_id in ("contact.hours", "contact.phone"):
+        assert {("hours", "support"), ("hours", "phone_us")} <= templates(
+            knowledge.entries[faq_id].answer.text
+        ), faq_id
+    assert ("hours", "support") in templates(knowledge.message("handoff_started", "en"))
+
+
+def test_no_curated_text_types_a_time_by_hand(knowledge: Knowledge) -> None:
+    """No "8:00", "20.00 uur", "8 h", "14時" outside a template: a change in shop.toml must
+    reach every language."""
+    for where, text in curated_texts(knowledge):
+        match = HAND_TYPED_TIME.search(TEMPLATE.sub("", text))
+        assert match is None, (where, match and match.group())
+
+
+def test_handoff_promises_no_reply_in_this_chat(knowledge: Knowledge) -> None:
+    """No agent side exists yet: the handoff points to e-mail and phone instead."""
+    for loc in knowledge.i18n.values():
+        text = loc.messages["handoff_started"]
+        for key in ("support_email", "phone_eu", "phone_us"):
+            assert ("shop", key) in templates(text), (loc.language, key)
+        assert {("hours", "support"), ("hours", "phone_us")} <= templates(text), loc.language
+    english = knowledge.message("handoff_started", "en")
+    assert "can't reply in this chat" in english and "right here" not in english
 
 
 def test_messages_and_ui_strings_exist_in_every_language(knowledge: Knowledge) -> None:
@@ -68,3 +148,5 @@ def test_locales_declare_register_market_and_direction(knowledge: Knowledge) -> 
         assert settings.market in knowledge.markets
     assert knowledge.languages["ar"].direction == "rtl"
     assert knowledge.languages["de"].pronoun == "Sie"
+    assert knowledge.languages["ko"].style == "합니다체"
+    assert knowledge.languages["ja"].style == "です・ます体"

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bot.cli import _llm  # noqa: E402
-from bot.config import load_config  # noqa: E402
+from bot.config import GENERATE_MODES, load_config  # noqa: E402
 from bot.pipeline import Pipeline, TurnContext  # noqa: E402
 
 LANGS = ("en", "zh", "es", "fr", "de", "ja", "ko", "pt", "it", "ru", "ar", "nl")
@@ -51,7 +51,7 @@ def engine_pid(port: int) -> int | None:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--turns", type=int, default=500)
-    parser.add_argument("--mode", default="auto", choices=["auto", "always", "never"])
+    parser.add_argument("--mode", default="auto", choices=GENERATE_MODES)
     args = parser.parse_args()
     config = load_config().replace(generate={"mode": args.mode})
     cases = []

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bot.config import Config, load_config
+from bot.config import GENERATE_MODES, Config, load_config
 from bot.errors import BotError
 
 log = logging.getLogger("bot")
@@ -91,15 +91,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--conversation", action="store_true", help="treat stdin lines as one conversation"
     )
-    p.add_argument("--generate", choices=["auto", "always", "never"], help="override generate.mode")
+    p.add_argument("--generate", choices=GENERATE_MODES, help="override generate.mode")
     _engine_flags(p)
     p.set_defaults(func=cmd_ask)
 
+    from bot.evals import cli as eval_cli
     from bot.models import cli as model_cli
     from bot.server import cli as server_cli
 
     model_cli.register(sub)
     server_cli.register(sub)
+    eval_cli.register(sub)
     return parser
 
 
@@ -198,7 +200,7 @@ async def _translate(args: argparse.Namespace, config: Config) -> int:
                     text,
                     source,
                     args.target,
-                    render=lambda kind, span: pipeline._render_span(kind, span, where),
+                    render=lambda kind, span: pipeline.render_span(kind, span, where),
                 )
             except BotError as exc:
                 print(f"bot: error: {text[:60]!r}: {exc}", file=sys.stderr)
@@ -245,20 +247,13 @@ async def _ask(args: argparse.Namespace, config: Config) -> int:
 @contextlib.asynccontextmanager
 async def _llm(args: argparse.Namespace, config: Config) -> AsyncIterator[Any]:
     """The model client for a CLI command: configured URL, running engine, or a fresh one."""
-    from bot.llm import LLMClient
-
     if args.engine == "none":
         yield None
         return
-    async with LLMClient(config.model) as client:
-        if config.model.url or await client.health():
-            yield client
-            return
-        from bot.models.engines import start_from_config
+    from bot.models.engines import model_client
 
-        print("bot: starting the embedded model engine...", file=sys.stderr)
-        async with start_from_config(config.model):
-            yield client
+    async with model_client(config.model) as client:
+        yield client
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Nothing else in the package reads ``os.environ`` for settings.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 import types
@@ -21,6 +22,7 @@ from bot.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "config.toml"
 ENV_PREFIX = "BOT_"
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -57,16 +59,21 @@ class RetrieveConfig:
             raise ConfigError("retrieve: need 0 < answer_threshold <= direct_threshold <= 1")
 
 
+GENERATE_MODES = ("compose", "auto", "always", "never")
+
+
 @dataclass(frozen=True)
 class GenerateConfig:
-    mode: str = "auto"
+    mode: str = "compose"
     language: str = "customer"
     max_tokens: int = 160
     temperature: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.mode not in {"auto", "always", "never"}:
-            raise ConfigError(f"generate.mode must be auto, always or never, not {self.mode!r}")
+        if self.mode not in GENERATE_MODES:
+            raise ConfigError(
+                f"generate.mode must be one of {', '.join(GENERATE_MODES)}, not {self.mode!r}"
+            )
         if self.language not in {"customer", "pivot"}:
             raise ConfigError("generate.language must be customer or pivot")
 
@@ -99,10 +106,15 @@ class ModelConfig:
     breaker_failures: int = 3
     breaker_reset_seconds: float = 20.0
     start_timeout: float = 240.0
+    concurrency: int = 1
+    queue_size: int = 8
+    queue_wait: float = 3.0
 
     def __post_init__(self) -> None:
         if self.engine not in {"llama.cpp", "vllm"}:
             raise ConfigError(f"model.engine must be llama.cpp or vllm, not {self.engine!r}")
+        if self.concurrency < 1 or self.queue_size < 0 or self.queue_wait < 0:
+            raise ConfigError("model: need concurrency >= 1, queue_size >= 0, queue_wait >= 0")
 
     @property
     def embedded(self) -> bool:
@@ -126,9 +138,41 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] = ()
     max_frame_bytes: int = 65536
     max_message_chars: int = 2000
-    rate_limit_messages: int = 20
+    rate_limit_messages: int = 20  # per conversation, whatever its sockets and reconnects
     rate_limit_window: float = 60.0
+    ip_rate_limit_messages: int = 120  # per client address and window; 0: no limit
+    max_connections_per_ip: int = 50  # 0: no limit
+    max_handshakes: int = 200  # connections not yet past their opening handshake
+    handshake_timeout: float = 10.0
+    trusted_proxies: tuple[str, ...] = ()  # addresses or networks (CIDR)
+    client_ip_header: str = "X-Forwarded-For"  # read only from a trusted proxy
     idle_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_frame_bytes", "max_message_chars", "rate_limit_messages"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"server.{name} must be at least 1")
+        for name in ("ip_rate_limit_messages", "max_connections_per_ip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"server.{name} must be 0 (no limit) or more")
+        if self.max_handshakes < 1:
+            raise ConfigError("server.max_handshakes must be at least 1")
+        for name in ("rate_limit_window", "handshake_timeout", "idle_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"server.{name} must be more than 0 seconds")
+        if not self.client_ip_header.strip():
+            raise ConfigError("server.client_ip_header must name a header")
+        _ = self.trusted_networks  # a bad address fails at start-up
+
+    @property
+    def trusted_networks(self) -> tuple[IPNetwork, ...]:
+        """``trusted_proxies`` parsed: ``10.0.0.0/8``, ``127.0.0.1``, ``::1``."""
+        try:
+            return tuple(
+                ipaddress.ip_network(p.strip(), strict=False) for p in self.trusted_proxies
+            )
+        except ValueError as exc:
+            raise ConfigError(f"server.trusted_proxies: {exc}") from exc
 
 
 @dataclass(frozen=True)

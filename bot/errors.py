@@ -11,9 +11,12 @@
     │   └── EngineCrashError    the engine process dies (e.g. SIGILL: built for another CPU)
     ├── LLMError                the OpenAI-compatible engine failed a request
     │   ├── EngineUnavailable   connection refused / circuit open: fail fast
-    │   └── EngineTimeout       no first token or stalled stream
+    │   ├── EngineTimeout       no first token or stalled stream
+    │   ├── EngineBusy          admission control: no slot within the wait budget
+    │   └── EngineRejected      the engine refused the request (HTTP 4xx): not its failure
     ├── TranslationError        a translation lost a placeholder or came back unusable
     ├── ProtocolError           a client frame broke the wire protocol
+    │   └── RateLimited         a limit refused it (``reason``: conversation, address)
     └── StoreError              the database refused or is out of date
         └── SchemaOutOfDate     migrations not applied (run `bot db upgrade`)
 
@@ -65,6 +68,14 @@ class EngineUnavailable(LLMError):
     code = "engine_unavailable"
 
 
+class EngineBusy(LLMError):
+    code = "engine_busy"
+
+
+class EngineRejected(LLMError):
+    code = "engine_rejected"
+
+
 class EngineTimeout(LLMError):
     code = "engine_timeout"
 
@@ -75,6 +86,14 @@ class TranslationError(BotError):
 
 class ProtocolError(BotError):
     code = "bad_frame"
+
+
+class RateLimited(ProtocolError):
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class StoreError(BotError):

@@ -5,14 +5,22 @@ The only module that talks HTTP to the model. It streams, and it fails fast:
 - connect and read timeouts, plus a first-token deadline;
 - bounded retries with exponential backoff, for connection failures only (a request
   the server received is never sent twice);
-- a circuit breaker: after ``breaker_failures`` consecutive failures every call raises
-  ``EngineUnavailable`` at once, until ``breaker_reset_seconds`` have passed and one
-  trial call succeeds. A dead engine costs a turn microseconds, not a timeout.
+- admission control: at most ``concurrency`` calls in flight, at most ``queue_size``
+  waiting, each for at most ``queue_wait`` seconds; a call refused here raises
+  ``EngineBusy`` at once (the turn answers from the curated FAQ) and is *not* an engine
+  failure. Without it, four simultaneous turns queued inside llama.cpp (which serves one
+  request at a time) timed out waiting for their first token and opened the breaker for
+  everyone;
+- a circuit breaker: after ``breaker_failures`` consecutive engine failures (refused
+  connections, 5xx, malformed or stalled streams; not 4xx answers, not admission refusals)
+  every call raises ``EngineUnavailable`` at once, until ``breaker_reset_seconds`` have
+  passed and one trial call succeeds. A dead engine costs a turn microseconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -24,7 +32,7 @@ from typing import Any
 import httpx
 
 from bot.config import ModelConfig
-from bot.errors import EngineTimeout, EngineUnavailable, LLMError
+from bot.errors import EngineBusy, EngineRejected, EngineTimeout, EngineUnavailable, LLMError
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +105,9 @@ class LLMClient:
     ) -> None:
         self.config = config
         self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_seconds)
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self.waiting = 0  # calls waiting for a slot now
+        self.refused = 0  # calls refused by admission control since start
         timeout = httpx.Timeout(config.read_timeout, connect=config.connect_timeout)
         self._http = httpx.AsyncClient(
             base_url=config.base_url,
@@ -153,6 +164,32 @@ class LLMClient:
         }
         if stop:
             body["stop"] = list(stop)
+        async with self._admitted():
+            return await self._call(body, on_delta)
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self) -> AsyncIterator[None]:
+        """A slot for one call, or EngineBusy at once (queue full) or after queue_wait."""
+        if self._slots.locked() and self.waiting >= self.config.queue_size:
+            self.refused += 1
+            raise EngineBusy(f"model engine busy: {self.waiting} calls already waiting")
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(self.config.queue_wait):
+                await self._slots.acquire()
+        except TimeoutError as exc:
+            self.refused += 1
+            raise EngineBusy(
+                f"model engine busy: no slot within {self.config.queue_wait:.1f} s"
+            ) from exc
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+    async def _call(self, body: dict[str, Any], on_delta: OnDelta | None) -> Completion:
         attempts = 0
         while True:
             attempts += 1
@@ -164,6 +201,8 @@ class LLMClient:
                     continue
                 self.breaker.failure()
                 raise EngineUnavailable(f"cannot reach the model engine: {exc}") from exc
+            except EngineRejected:
+                raise  # our request's fault, not the engine's
             except LLMError:
                 self.breaker.failure()
                 raise
@@ -181,7 +220,8 @@ class LLMClient:
         async with self._http.stream("POST", "/chat/completions", json=body) as response:
             if response.status_code != 200:
                 detail = (await response.aread())[:300].decode("utf-8", "replace")
-                raise LLMError(f"model engine answered HTTP {response.status_code}: {detail}")
+                error = EngineRejected if 400 <= response.status_code < 500 else LLMError
+                raise error(f"model engine answered HTTP {response.status_code}: {detail}")
             events = _sse_data(response.aiter_lines())
             deadline = self.config.first_token_timeout
             while True:

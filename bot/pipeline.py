@@ -6,13 +6,19 @@ which path a turn takes, and records the trace:
 - small talk ("merci", "hola"): the bot's own curated sentence;
 - a clear FAQ match with nothing turn-specific in the message: the curated localized
   answer, verbatim (no model call: what most customers read);
-- otherwise the model writes a grounded reply from the top passages: by default in the
-  customer's language from the curated localized passages, streamed as it is written
-  (``generate.language = "customer"``), or in English and then translated with
-  placeholders protected (``"pivot"``); any failure (engine down, ungrounded reply, lost
-  placeholder, wrong language) falls back to the curated answer, plus an offer of a human
+- a turn-specific message (an order number, "I wore it once", a close match): by default
+  (``generate.mode = "compose"``) the *composed* reply: a localizer's acknowledgement of
+  the customer's specifics and the curated answer verbatim (bot/compose.py). The small
+  models contradict the policy too often to decide these turns (docs/eval.md);
+- with ``generate.mode = "auto"`` the model writes those replies instead, from the top
+  passages, in the customer's language (``generate.language = "customer"``) or in English
+  then translated (``"pivot"``); every sentence passes the faithfulness gate before it
+  streams (bot/faithful.py), and any failure (engine down, unfaithful sentence, lost
+  placeholder, wrong language) falls back to the composed reply, plus an offer of a human
   when the engine is the problem;
 - no FAQ above the threshold: "no answer" and an offer of a human (repeated: handoff).
+
+Which path a turn takes is one pure function, ``choose_route``.
 """
 
 from __future__ import annotations
@@ -26,14 +32,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot import handoff
+from bot.compose import ComposeTexts, compose, load_compose
 from bot.config import Config
 from bot.detect import Detection, LanguageDetector, Lexicon, load_lexicon
-from bot.errors import LLMError, TranslationError
+from bot.errors import EngineBusy, LLMError, TranslationError
+from bot.faithful import (
+    FaithfulnessChecker,
+    SentenceGate,
+    Unfaithful,
+    drop_opening_polarity,
+    numbers_in,
+)
 from bot.generate import Passage, generate_reply
 from bot.knowledge import OUT_OF_SCOPE, Knowledge, load_knowledge
 from bot.llm import LLMClient
 from bot.localize import Locality, Localizer, locality_for
-from bot.mask import Masker
+from bot.mask import Masker, Span
 from bot.retrieve import Embedder, Hit, Retriever
 from bot.trace import Trace
 from bot.translate import LANGUAGE_NAMES, TranslationMemory, Translator, normalize
@@ -67,7 +81,7 @@ class TurnResult:
     handoff: bool
     handoff_reason: str | None
     answered: bool
-    source: str  # curated | generated | fallback | message
+    source: str  # curated | composed | generated | fallback | message
     trace: Trace
     locality: Locality
     reply_pivot: str | None = None
@@ -86,6 +100,66 @@ class TurnResult:
             "trace": self.trace.as_list(),
             "total_ms": round(self.trace.total_ms, 1),
         }
+
+
+@dataclass(frozen=True)
+class Route:
+    """Which path an answered turn takes, and why."""
+
+    path: str  # curated | composed | generated
+    why: str
+    top: Hit
+    second: Hit | None = None  # a nearly tied runner-up, answered too
+    specific: bool = True  # the turn carries something of the customer's own
+
+    def as_dict(self) -> dict[str, object]:
+        second = self.second.faq_id if self.second else None
+        return {"path": self.path, "why": self.why, "top": self.top.faq_id, "second": second}
+
+
+def choose_route(
+    *,
+    mode: str,
+    model_ready: bool,
+    hits: list[Hit],
+    specifics: list[Span],
+    direct_threshold: float,
+    direct_margin: float,
+) -> Route:
+    """Curated when the top FAQ fits plainly; else composed, or generated where allowed.
+
+    ``hits`` are the answerable hits, best first (at least one).
+    """
+    top = hits[0]
+    runner = hits[1] if len(hits) > 1 and hits[1].faq_id != top.faq_id else None
+    lead = top.score - runner.score if runner else 1.0
+    own = [s.kind for s in specifics if s.kind != "term"]
+    second = runner if runner is not None and lead < direct_margin else None
+    if mode == "never":
+        return Route("curated", "generate.mode is never", top, specific=False)
+    if top.dense < direct_threshold:
+        why = f"closest match {top.dense:.3f} < {direct_threshold}"
+    elif lead < direct_margin:
+        why = f"lead over the runner-up {lead:.3f} < {direct_margin}"
+    elif own:
+        why = f"the customer's own {', '.join(dict.fromkeys(own))}"
+    elif mode == "always" and model_ready:
+        return Route("generated", "generate.mode is always", top, second, specific=False)
+    else:
+        return Route("curated", "a plain FAQ question", top, specific=False)
+    if mode in ("auto", "always") and model_ready:
+        return Route("generated", why, top, second)
+    return Route("composed", why, top, second)
+
+
+def _customer_references(specifics: list[Span], language: str) -> set[str]:
+    """Numbers a reply may repeat from the customer's message: their order, tracking and
+    SKU numbers (never their amounts or durations: those are not policy facts)."""
+    out: set[str] = set()
+    for span in specifics:
+        if span.kind in ("order", "tracking", "sku"):
+            out |= numbers_in(span.text, language)
+    return out
 
 
 @dataclass(frozen=True)
@@ -109,6 +183,7 @@ class Pipeline:
         localizer: Localizer,
         masker: Masker,
         llm: LLMClient | None,
+        compose_texts: dict[str, ComposeTexts],
     ) -> None:
         self.config = config
         self.knowledge = knowledge
@@ -119,6 +194,8 @@ class Pipeline:
         self.localizer = localizer
         self.masker = masker
         self.llm = llm
+        self.compose = compose_texts
+        self.checker = FaithfulnessChecker({k: v.check for k, v in compose_texts.items()})
 
     @classmethod
     def build(cls, config: Config, llm: LLMClient | None) -> Pipeline:
@@ -158,6 +235,7 @@ class Pipeline:
             localizer=Localizer(knowledge),
             masker=masker,
             llm=llm,
+            compose_texts=load_compose(config.shop.knowledge_dir, config.shop.languages),
         )
 
     # -- the turn ---------------------------------------------------------------------
@@ -281,29 +359,78 @@ class Pipeline:
         trace: Trace,
         on_delta: OnDelta | None,
     ) -> _Draft:
-        pivot_lang = self.config.shop.pivot
-        top = hits[0]
-        runner_up = hits[1].score if len(hits) > 1 else 0.0
         specifics = self.masker.find(text)
-        direct = (
-            top.dense >= self.config.retrieve.direct_threshold
-            and top.score - runner_up >= self.config.retrieve.direct_margin
-            and not [s for s in specifics if s.kind != "term"]
+        route = choose_route(
+            mode=self.config.generate.mode,
+            model_ready=self.llm is not None,
+            hits=hits,
+            specifics=specifics,
+            direct_threshold=self.config.retrieve.direct_threshold,
+            direct_margin=self.config.retrieve.direct_margin,
         )
-        mode = self.config.generate.mode
-        use_model = self.llm is not None and mode != "never" and (mode == "always" or not direct)
-        if not use_model:
-            return self._curated(top.faq_id, where, trace, "curated")
+        with trace.stage("route") as out:
+            out.update(route.as_dict())
+        if route.path == "curated":
+            return self._curated(route.top.faq_id, where, trace, "curated")
+        if route.path == "composed":
+            return self._composed(route, specifics, where, trace)
+        return await self._generated(text, pivot, route, specifics, where, context, trace, on_delta)
+
+    def _composed(
+        self,
+        route: Route,
+        specifics: list[Span],
+        where: Locality,
+        trace: Trace,
+        *,
+        why: str | None = None,
+    ) -> _Draft:
+        """Acknowledge the customer's specifics, then the curated answer(s) verbatim; a plain
+        question (the model's fallback) gets the curated answer alone."""
+        texts = self.compose.get(where.language) or self.compose[self.config.shop.pivot]
+        faq_ids = [route.top.faq_id] + ([route.second.faq_id] if route.second else [])
+        answers = [
+            None if text is None else drop_opening_polarity(text, texts.check, where.language)
+            for text in (self.localizer.curated(faq_id, where) for faq_id in faq_ids)
+        ]
+        if not route.specific or any(a is None for a in answers):
+            draft = self._curated(route.top.faq_id, where, trace, "curated")
+            if why:
+                trace.stages[-1].output["fallback_reason"] = why
+            return draft
+        with trace.stage("compose") as out:
+            acknowledgement = texts.acknowledgement(specifics)
+            also = (texts.acknowledge["also"], answers[1] or "") if route.second else None
+            reply = compose(acknowledgement, answers[0] or "", also)
+            out.update(faq_ids=faq_ids, locale=where.locale, market=where.market)
+            if why:
+                out["fallback_reason"] = why
+        return _Draft(reply, faq_ids, "composed")
+
+    async def _generated(
+        self,
+        text: str,
+        pivot: str | None,
+        route: Route,
+        specifics: list[Span],
+        where: Locality,
+        context: TurnContext,
+        trace: Trace,
+        on_delta: OnDelta | None,
+    ) -> _Draft:
+        """The model writes the reply; every sentence passes the gate before it streams."""
+        pivot_lang = self.config.shop.pivot
+        top = route.top
         # Prompt prefill dominates time to first token on a CPU: pass the top passage and
         # only a runner-up that is nearly as close (two at most).
-        hits = [top] + [h for h in hits[1:2] if h.score >= top.score - 0.02]
+        hits = [top] + ([route.second] if route.second else [])
         in_customer_language = (
             self.config.generate.language == "customer"
             and where.language != pivot_lang
             and all(self.localizer.curated(h.faq_id, where) is not None for h in hits)
         )
         if not self.llm or not self.llm.available or (pivot is None and not in_customer_language):
-            return self._fallback(top.faq_id, where, trace, "engine unavailable", offer_human=True)
+            return self._fallback(route, specifics, where, trace, "engine unavailable", human=True)
         if in_customer_language:
             # Curated localized passages: the model copies facts in the customer's language
             # and the reply streams at once, with no translation step after it.
@@ -321,6 +448,14 @@ class Pipeline:
             ]
             question, reply_language = pivot or text, pivot_lang
             stream = on_delta if where.language == pivot_lang else None
+        gate = SentenceGate(
+            self.checker,
+            question=question,
+            passages=[p.text for p in passages],
+            language=reply_language,
+            allowed_numbers=_customer_references(specifics, reply_language),
+            on_delta=stream,
+        )
         settings = self.knowledge.languages.get(reply_language)
         with trace.stage("generate") as out:
             try:
@@ -332,24 +467,27 @@ class Pipeline:
                     history=context.history,
                     max_tokens=self.config.generate.max_tokens,
                     temperature=self.config.generate.temperature,
-                    on_delta=stream,
+                    on_delta=gate.feed,
                     language=LANGUAGE_NAMES.get(reply_language, reply_language),
                     register=settings.pronoun
                     if settings and reply_language != pivot_lang
                     else None,
                 )
+                await gate.finish(reply.text)
+            except EngineBusy as exc:  # admission control: answer now, the engine is fine
+                out.update(error=f"{type(exc).__name__}: {exc}")
+                return self._fallback(route, specifics, where, trace, "engine busy")
             except LLMError as exc:
                 out.update(error=f"{type(exc).__name__}: {exc}")
-                reply = None
-            if reply is not None:
-                out.update(
-                    text=reply.text, faq_ids=reply.faq_ids, grounded=reply.grounded,
-                    unsupported=reply.unsupported, usage=reply.usage, language=reply_language,
-                )  # fmt: skip
-        if reply is None:
-            return self._fallback(top.faq_id, where, trace, "engine failed", offer_human=True)
-        if not reply.grounded:
-            return self._fallback(top.faq_id, where, trace, "ungrounded reply", offer_human=False)
+                return self._fallback(route, specifics, where, trace, "engine failed", human=True)
+            except Unfaithful as exc:
+                out.update(rejected=[str(p) for p in exc.problems], streamed=gate.released)
+                return self._fallback(route, specifics, where, trace, "unfaithful reply")
+            out.update(
+                text=reply.text, faq_ids=reply.faq_ids, usage=reply.usage, language=reply_language
+            )
+        if not reply.text:
+            return self._fallback(route, specifics, where, trace, "empty reply")
         cited = reply.faq_ids[0]
         faq_answer = next(p.text for p in passages if p.faq_id == cited)
         if _similar(reply.text, faq_answer) >= 0.85:
@@ -357,9 +495,7 @@ class Pipeline:
             return self._curated(cited, where, trace, "curated", reply_pivot=reply.text)
         if in_customer_language:
             if self.detector.detect(reply.text, hint=where.language).language != where.language:
-                return self._fallback(
-                    cited, where, trace, "reply in the wrong language", offer_human=False
-                )
+                return self._fallback(route, specifics, where, trace, "reply in the wrong language")
             with trace.stage("localize") as out:
                 out.update(source="generated", locale=where.locale, market=where.market)
             return _Draft(reply.text, reply.faq_ids, "generated", None)
@@ -372,7 +508,7 @@ class Pipeline:
                     reply.text,
                     pivot_lang,
                     where.language,
-                    render=lambda kind, span: self._render_span(kind, span, where),
+                    render=lambda kind, span: self.render_span(kind, span, where),
                     on_delta=on_delta,
                 )
                 out.update(translation.as_dict())
@@ -380,7 +516,7 @@ class Pipeline:
                 out.update(error=f"{type(exc).__name__}: {exc}")
                 translation = None
         if translation is None:
-            return self._fallback(cited, where, trace, "translation rejected", offer_human=False)
+            return self._fallback(route, specifics, where, trace, "translation rejected")
         with trace.stage("localize") as out:
             out.update(source="generated", locale=where.locale, market=where.market)
         return _Draft(translation.text, reply.faq_ids, "generated", reply.text)
@@ -388,7 +524,8 @@ class Pipeline:
     def _english_answer(self, faq_id: str, where: Locality) -> str:
         return self.knowledge.entry(faq_id).answer.for_market(where.market)
 
-    def _render_span(self, kind: str, span: str, where: Locality) -> str:
+    def render_span(self, kind: str, span: str, where: Locality) -> str:
+        """A protected span as the customer's locale writes it (amounts re-formatted)."""
         return self.localizer.reformat_amount(span, where) if kind == "price" else span
 
     def _curated(
@@ -410,12 +547,20 @@ class Pipeline:
         return _Draft(reply, [faq_id], source, reply_pivot)
 
     def _fallback(
-        self, faq_id: str, where: Locality, trace: Trace, why: str, *, offer_human: bool
+        self,
+        route: Route,
+        specifics: list[Span],
+        where: Locality,
+        trace: Trace,
+        why: str,
+        *,
+        human: bool = False,
     ) -> _Draft:
-        draft = self._curated(faq_id, where, trace, "fallback")
-        trace.stages[-1].output["fallback_reason"] = why
-        if not offer_human:
-            return draft
+        """The composed reply instead of the model's; with an offer of a person if the
+        engine itself is the problem."""
+        draft = self._composed(route, specifics, where, trace, why=why)
+        if not human:
+            return _Draft(draft.reply, draft.faq_ids, "fallback")
         prefix = self.localizer.message("engine_down", where)
         offer = self.localizer.message("handoff_offer", where)
         return _Draft(f"{prefix}\n\n{draft.reply}\n\n{offer}", draft.faq_ids, "fallback")

@@ -60,5 +60,5 @@ def index_dir(config: Config, knowledge: Knowledge) -> Path:
 
 @pytest.fixture(scope="session")
 def pipeline(config: Config, index_dir: Path) -> Pipeline:
-    """The real pipeline without a model engine (curated and retrieval paths)."""
-    return Pipeline.build(config.replace(generate={"mode": "never"}), None)
+    """The real pipeline without a model engine (curated, composed and retrieval paths)."""
+    return Pipeline.build(config, None)

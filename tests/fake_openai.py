@@ -2,7 +2,7 @@
 
 It speaks real HTTP/1.1 and server-sent events on a real port, so the client under test
 goes through its whole network stack. Each request takes the next scripted behaviour:
-``ok``, ``http500``, ``malformed``, ``stall`` (stops mid-stream), ``slow_first`` (no first
+``ok``, ``http500``, ``http400``, ``malformed``, ``stall`` (stops mid-stream), ``slow_first`` (no first
 token for a long time), ``close`` (drops the connection).
 """
 
@@ -90,6 +90,19 @@ class FakeOpenAI:
             + body
         )
         await writer.drain()
+
+    async def _http400(self, writer: asyncio.StreamWriter) -> None:
+        body = b'{"error":{"message":"context length exceeded"}}'
+        writer.write(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+            + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+
+    async def _slow_ok(self, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(1.0)
+        await self._ok(writer)
 
     async def _malformed(self, writer: asyncio.StreamWriter) -> None:
         await self._start_stream(writer)

@@ -6,6 +6,7 @@ the real engines are exercised in test_models.py and test_pipeline_engine.py.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from collections import deque
@@ -13,7 +14,7 @@ from collections import deque
 import pytest
 
 from bot.config import Config
-from bot.errors import EngineTimeout, EngineUnavailable, LLMError
+from bot.errors import EngineBusy, EngineRejected, EngineTimeout, EngineUnavailable, LLMError
 from bot.llm import CircuitBreaker, LLMClient
 from tests.fake_openai import FakeOpenAI
 
@@ -120,3 +121,42 @@ def test_breaker_half_opens_after_the_reset_time() -> None:
         breaker.before_call()  # only one trial at a time
     breaker.success()
     assert breaker.state == "closed"
+
+
+async def test_a_4xx_answer_is_not_an_engine_failure(config: Config) -> None:
+    """A request the engine refuses (HTTP 400) fails alone; the engine stays "up" for others."""
+    script = deque(["http400"] * 5)
+    async with FakeOpenAI(script=script) as fake, client_for(config, fake.url) as llm:
+        for _ in range(5):
+            with pytest.raises(EngineRejected, match="HTTP 400"):
+                await llm.chat(MESSAGES)
+        assert llm.breaker.state == "closed"
+        assert (await llm.chat(MESSAGES)).text
+
+
+async def test_admission_control_refuses_instead_of_queueing_into_timeouts(
+    config: Config,
+) -> None:
+    """With one slot busy, a waiting call gives up after queue_wait, a call beyond the queue at
+    once, and neither opens the breaker: six customers at once never take the engine "down"."""
+    script = deque(["slow_ok"])
+    async with (
+        FakeOpenAI(script=script) as fake,
+        client_for(
+            config, fake.url, concurrency=1, queue_size=1, queue_wait=0.3,
+            first_token_timeout=5.0, read_timeout=5.0, breaker_failures=1,
+        ) as llm,
+    ):  # fmt: skip
+        first = asyncio.create_task(llm.chat(MESSAGES))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.create_task(llm.chat(MESSAGES))
+        await asyncio.sleep(0.05)
+        with pytest.raises(EngineBusy, match="already waiting"):
+            await llm.chat(MESSAGES)
+        assert not waiting.done()  # refused at once, while the other still waits
+        with pytest.raises(EngineBusy, match="no slot within 0.3 s"):
+            await waiting
+        assert (await first).text
+        assert llm.refused == 2
+        assert llm.breaker.state == "closed"
+        assert (await llm.chat(MESSAGES)).text  # the slot is free again

@@ -67,18 +67,23 @@ async def test_generated_reply_streams_in_the_customers_language(
     assert result.pivot, "the English pivot is recorded after the reply"
 
 
-async def test_english_reply_is_grounded_and_cites_faq_ids(engine_pipeline: Pipeline) -> None:
-    """An English question with an order number gets a reply without invented numbers."""
+async def test_english_reply_is_gated_and_cites_faq_ids(engine_pipeline: Pipeline) -> None:
+    """An English question with an order number: a checked model reply, or the composed one
+    with the gate's reasons; never the engine's absence passing for either."""
     question = "It's been 12 days and my order #48213 still hasn't arrived, what can I do?"
     result = await engine_pipeline.answer(question, TurnContext(locale_hint="en-US"))
     assert result.language == "en"
     assert result.faq_ids[0].startswith("orders.")
     generate = next(s for s in result.trace.stages if s.stage == "generate")
+    assert "error" not in generate.output, generate.output  # the engine answered
     if result.source == "generated":
-        assert generate.output["grounded"] is True
+        assert generate.output["usage"]["completion_tokens"] > 0
         assert "[" not in result.reply
-    else:  # the check refused the model's reply: the curated answer stands in
-        assert result.source in {"curated", "fallback"}
+        assert "12" not in result.reply  # the customer's figure is not a policy fact
+    else:  # the gate refused the model's reply, said why, and the composed reply stands in
+        assert result.source == "fallback"
+        assert generate.output["rejected"]
+        assert "#48213" in result.reply
 
 
 async def test_model_translation_keeps_placeholders(engine_pipeline: Pipeline) -> None:
@@ -103,11 +108,14 @@ async def test_pivot_mode_translates_the_reply_back(
             "Kann ich meine Bestellung #48213 noch ändern?", TurnContext(locale_hint="de-DE")
         )
     stages = [s.stage for s in result.trace.stages]
-    assert "generate" in stages
+    generate = next(s for s in result.trace.stages if s.stage == "generate")
+    assert "error" not in generate.output, generate.output  # the engine answered
     assert result.language == "de"
     assert detector.detect(result.reply, hint="de").language == "de", result.reply
     if result.source == "generated":
         assert "translate_out" in stages
+    else:
+        assert generate.output.get("rejected") or "translate_out" in stages
 
 
 def _closed_port() -> int:

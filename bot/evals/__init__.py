@@ -1,0 +1,1 @@
+"""Evaluations: `bot eval ...`."""

@@ -1,0 +1,63 @@
+"""``bot eval replies``: evaluations that print figures and write a JSON report."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bot.config import GENERATE_MODES, Config
+
+Handler = Callable[[argparse.Namespace, Config], int]
+DEFAULT_REPLY_CASES = Path("tests/data/replies")
+
+
+def register(subparsers: Any) -> dict[str, Handler]:
+    """Add ``eval`` and its subcommands to ``subparsers``."""
+    evals = subparsers.add_parser("eval", help="evaluations (reply faithfulness)")
+    sub = evals.add_subparsers(dest="eval_command", required=True, metavar="WHAT")
+
+    p = sub.add_parser("replies", help="faithfulness of replies to turn-specific questions")
+    p.add_argument("--cases", type=Path, default=DEFAULT_REPLY_CASES, help="dir of LL.toml")
+    p.add_argument("--lang", action="append", help="only these languages (repeatable)")
+    p.add_argument("--subset", type=int, metavar="N", help="the first N cases per language")
+    p.add_argument("--generate", choices=GENERATE_MODES, help="override generate.mode")
+    p.add_argument(
+        "--engine", choices=["auto", "none"], default="auto", help="none: no model at all"
+    )
+    p.add_argument("--out", type=Path, help="write the scores as JSON here")
+    p.add_argument("--examples", type=int, default=12, help="failing examples to print")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_replies)
+    return {"replies": cmd_replies}
+
+
+def cmd_replies(args: argparse.Namespace, config: Config) -> int:
+    if args.generate:
+        config = config.replace(generate={"mode": args.generate})
+    return asyncio.run(_replies(args, config))
+
+
+async def _replies(args: argparse.Namespace, config: Config) -> int:
+    from bot.evals import replies
+    from bot.models.engines import model_client
+    from bot.pipeline import Pipeline
+
+    cases = replies.load_cases(args.cases, args.lang)
+    if args.subset:
+        cases = replies.subset(cases, args.subset)
+    if args.engine == "none":
+        pipeline = await asyncio.to_thread(Pipeline.build, config, None)
+        scores = await replies.run(pipeline, cases, progress=not args.quiet)
+    else:
+        async with model_client(config.model) as llm:
+            pipeline = await asyncio.to_thread(Pipeline.build, config, llm)
+            scores = await replies.run(pipeline, cases, progress=not args.quiet)
+    print(f"generate.mode = {config.generate.mode}; {len(cases)} cases", file=sys.stderr)
+    print(replies.report(scores, examples=args.examples))
+    if args.out:
+        replies.write_json(scores, args.out)
+    return 0 if all(s.faithful for s in scores) else 1

@@ -187,6 +187,15 @@ class DatabaseConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    # Card numbers, IBANs, e-mail addresses and phone numbers are marked out before a model
+    # or the stored trace sees a turn's text (bot/redact.py).
+    redact: bool = True
+    # The stored customer message keeps the original text for agents; false: redacted too.
+    keep_original: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     shop: ShopConfig
     detect: DetectConfig
@@ -196,6 +205,7 @@ class Config:
     model: ModelConfig
     server: ServerConfig
     database: DatabaseConfig
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     root: Path = field(default=PROJECT_ROOT)
 
     def replace(self, **sections: Any) -> Config:
@@ -216,6 +226,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "model": ModelConfig,
     "server": ServerConfig,
     "database": DatabaseConfig,
+    "privacy": PrivacyConfig,
 }
 
 

@@ -48,6 +48,7 @@ from bot.knowledge import OUT_OF_SCOPE, Knowledge, load_knowledge
 from bot.llm import LLMClient
 from bot.localize import Locality, Localizer, locality_for
 from bot.mask import Masker, Span
+from bot.redact import Redaction, redact
 from bot.retrieve import Embedder, Hit, Retriever
 from bot.trace import Trace
 from bot.translate import LANGUAGE_NAMES, TranslationMemory, Translator, normalize
@@ -85,6 +86,7 @@ class TurnResult:
     trace: Trace
     locality: Locality
     reply_pivot: str | None = None
+    redacted: str | None = None  # ``text`` with personal data marked out
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -243,18 +245,30 @@ class Pipeline:
     async def answer(
         self, text: str, context: TurnContext, *, on_delta: OnDelta | None = None
     ) -> TurnResult:
-        """Run one turn; ``on_delta`` receives the reply's streamed pieces, if any."""
-        result = await self._turn(text, context, on_delta)
+        """Run one turn; ``on_delta`` receives the reply's streamed pieces, if any.
+
+        Every stage sees the text with personal data marked out (bot/redact.py); the result
+        keeps the customer's own words in ``text`` and the redacted ones in ``redacted``.
+        """
+        trace = Trace()
+        redaction = redact(text) if self.config.privacy.redact else Redaction(text, ())
+        if redaction.changed:
+            with trace.stage("redact") as out:
+                out.update(kinds=list(redaction.kinds))
+        clean = redaction.text
+        result = await self._turn(clean, context, on_delta, trace)
+        result.text, result.redacted = text, clean
         deferred = [s for s in result.trace.stages if s.output.get("deferred")]
         if result.pivot is None and deferred:
             with result.trace.stage("translate_in") as out:
                 result.pivot = await self._pivot(
-                    text, result.language, self.config.shop.pivot, out, use_model=True
+                    clean, result.language, self.config.shop.pivot, out, use_model=True
                 )
         return result
 
-    async def _turn(self, text: str, context: TurnContext, on_delta: OnDelta | None) -> TurnResult:
-        trace = Trace()
+    async def _turn(
+        self, text: str, context: TurnContext, on_delta: OnDelta | None, trace: Trace
+    ) -> TurnResult:
         pivot_lang = self.config.shop.pivot
 
         with trace.stage("detect") as out:

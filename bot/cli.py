@@ -154,6 +154,7 @@ def cmd_index(args: argparse.Namespace, config: Config) -> int:
 def cmd_detect(args: argparse.Namespace, config: Config) -> int:
     from bot.detect import LanguageDetector, load_lexicon
     from bot.knowledge import load_knowledge
+    from bot.localize import language_of
     from bot.mask import Masker
 
     knowledge = load_knowledge(config.shop.knowledge_dir)
@@ -164,7 +165,7 @@ def cmd_detect(args: argparse.Namespace, config: Config) -> int:
         masker=Masker(knowledge.glossary),
         default=config.shop.default_language,
     )
-    hint = args.hint.replace("_", "-").split("-")[0].lower() if args.hint else None
+    hint = language_of(args.hint)
     current = args.current
     for text in _inputs(args.text):
         d = detector.detect(text, current=current, hint=hint)

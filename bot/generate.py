@@ -1,29 +1,22 @@
-"""Grounded reply generation in the pivot language.
+"""Reply generation from the retrieved FAQ passages.
 
 The prompt carries only the retrieved FAQ passages and the recent conversation. The reply
-cites FAQ ids in square brackets; the grounding check rejects a reply that states a number,
-amount, duration or percentage found neither in the passages nor in the customer's words,
-and the caller then falls back to the retrieved answer itself.
+cites FAQ ids in square brackets, which never reach the customer: ``CitationFilter`` holds
+back anything from ``[`` until it is known not to be a citation. Whether the reply may be
+shown is decided by the faithfulness gate (bot/faithful.py), sentence by sentence, which the
+caller passes as ``on_delta``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from bot.llm import LLMClient, Message, OnDelta
 
 _CITATION = re.compile(r"\s*\[([a-z]+\.[a-z0-9_-]+)\]")
-# Numbers as people write them: 1,299.00  49.90  30  3-5  14  2%
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
-_WORD_NUMBERS = {
-    "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
-    "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "fourteen": "14",
-    "fifteen": "15", "twenty": "20", "thirty": "30", "sixty": "60", "ninety": "90",
-}  # fmt: skip
-_WORD_NUMBER = re.compile(r"\b(" + "|".join(_WORD_NUMBERS) + r")\b", re.I)
 
 SYSTEM_PROMPT = """You are the customer-service assistant of the online shop {shop}.
 Answer the customer's last message using ONLY the facts in the FAQ passages below.
@@ -41,16 +34,14 @@ FAQ passages:
 @dataclass(frozen=True)
 class Passage:
     faq_id: str
-    text: str  # rendered for the customer's market, in the pivot language
+    text: str  # rendered for the customer's market, in the reply's language
 
 
 @dataclass
 class GroundedReply:
     text: str  # citations removed
     raw: str
-    faq_ids: list[str]
-    grounded: bool
-    unsupported: list[str] = field(default_factory=list)
+    faq_ids: list[str]  # the cited ids, else the first passage's
     usage: dict[str, Any] | None = None
 
 
@@ -72,25 +63,6 @@ def build_messages(
         messages.append({"role": "assistant" if role != "customer" else "user", "content": text})
     messages.append({"role": "user", "content": question})
     return messages
-
-
-def numbers_in(text: str) -> set[str]:
-    """Canonical numbers mentioned in ``text`` ("1,299.00" -> "1299", "thirty" -> "30")."""
-    text = _WORD_NUMBER.sub(lambda m: _WORD_NUMBERS[m.group(1).lower()], text)
-    out = set()
-    for raw in _NUMBER.findall(text):
-        digits = re.sub(r"[.,]\d{1,2}$", "", raw) if re.search(r"[.,]\d{1,2}$", raw) else raw
-        digits = digits.replace(",", "").replace(".", "")
-        out.add(digits.lstrip("0") or "0")
-    return out
-
-
-def grounding_problems(reply: str, passages: Sequence[Passage], question: str) -> list[str]:
-    """Numbers in ``reply`` that no passage and not the question contains."""
-    allowed = numbers_in(question)
-    for p in passages:
-        allowed |= numbers_in(p.text)
-    return sorted(numbers_in(reply) - allowed)
 
 
 def split_citations(raw: str, known: Sequence[str]) -> tuple[str, list[str]]:
@@ -139,7 +111,7 @@ async def generate_reply(
     language: str = "English",
     register: str | None = None,
 ) -> GroundedReply:
-    """Ask the model for a grounded reply and check it. Raises LLMError on engine failure.
+    """Ask the model for a reply from the passages. Raises LLMError on engine failure.
 
     Streamed pieces reach ``on_delta`` with the ``[faq.id]`` citations already removed.
     """
@@ -157,13 +129,6 @@ async def generate_reply(
         await stream.flush()
     known = [p.faq_id for p in passages]
     text, cited = split_citations(completion.text, known)
-    unsupported = grounding_problems(text, passages, question)
-    grounded = bool(text) and not unsupported
     return GroundedReply(
-        text=text,
-        raw=completion.text,
-        faq_ids=cited or known[:1],
-        grounded=grounded,
-        unsupported=unsupported,
-        usage=completion.usage(),
+        text=text, raw=completion.text, faq_ids=cited or known[:1], usage=completion.usage()
     )

@@ -95,6 +95,12 @@ def _parse_locale(tag: str) -> Locale | None:
         return None
 
 
+def language_of(locale_tag: str | None) -> str | None:
+    """The language of a page or browser locale ("es-MX" -> "es", "zh_Hant_TW" -> "zh")."""
+    parsed = _parse_locale(locale_tag.strip()) if locale_tag and locale_tag.strip() else None
+    return parsed.language if parsed else None
+
+
 class Localizer:
     def __init__(self, knowledge: Knowledge) -> None:
         self.knowledge = knowledge

@@ -46,7 +46,7 @@ from bot.faithful import (
 from bot.generate import Passage, generate_reply
 from bot.knowledge import OUT_OF_SCOPE, Knowledge, load_knowledge
 from bot.llm import LLMClient
-from bot.localize import Locality, Localizer, locality_for
+from bot.localize import Locality, Localizer, language_of, locality_for
 from bot.mask import Masker, Span
 from bot.redact import Redaction, redact
 from bot.retrieve import Embedder, Hit, Retriever
@@ -347,7 +347,7 @@ class Pipeline:
     def _detect(self, text: str, context: TurnContext) -> Detection:
         if context.chosen_language in self.config.shop.languages:
             return Detection(context.chosen_language, 1.0, "chosen")
-        hint = (context.locale_hint or "").replace("_", "-").split("-")[0].lower() or None
+        hint = language_of(context.locale_hint)
         return self.detector.detect(text, current=context.language, hint=hint)
 
     async def _pivot(

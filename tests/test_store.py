@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from bot.config import DatabaseConfig
 from bot.errors import SchemaOutOfDate
 from bot.store import Reply, Store
-from bot.store.models import Conversation, Message, TranslationMemoryEntry
+from bot.store.models import Conversation, Feedback, Message, TranslationMemoryEntry
 from bot.store.schema import drift, head_revision
 from bot.translate import normalize
 
@@ -317,6 +317,11 @@ async def test_feedback_is_attached_to_a_message(store: Store) -> None:
     await store.record_reply(conv.id, m.message.id, "m1", answered())
     bot_message = (await store.messages(conv.id))[1]
     await store.add_feedback(bot_message["id"], -1, "no me ayudó")
+    async with store._session() as session:
+        rows = (await session.execute(select(Feedback))).scalars().all()
+    assert [(r.message_id, r.rating, r.comment) for r in rows] == [
+        (bot_message["id"], -1, "no me ayudó")
+    ]
 
 
 async def test_a_seq_sent_but_not_stored_is_never_handed_out_again(empty_url: str) -> None:

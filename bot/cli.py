@@ -97,11 +97,13 @@ def _parser() -> argparse.ArgumentParser:
 
     from bot.evals import cli as eval_cli
     from bot.models import cli as model_cli
+    from bot.replay import cli as replay_cli
     from bot.server import cli as server_cli
 
     model_cli.register(sub)
     server_cli.register(sub)
     eval_cli.register(sub)
+    replay_cli.register(sub)
     return parser
 
 
@@ -226,6 +228,7 @@ def cmd_ask(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _ask(args: argparse.Namespace, config: Config) -> int:
+    from bot.handoff import Asked
     from bot.pipeline import Pipeline, TurnContext
 
     async with _llm(args, config) as llm:
@@ -242,6 +245,8 @@ async def _ask(args: argparse.Namespace, config: Config) -> int:
                 ("customer", result.pivot or text),
                 ("bot", result.reply_pivot or result.reply),
             ]
+            context.offer_pending = pipeline.offers_human(result.reply)
+            context.earlier.append(Asked(text, result.faq_ids[0] if result.faq_ids else None))
     return 0
 
 

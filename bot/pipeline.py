@@ -69,6 +69,8 @@ class TurnContext:
     chosen_language: str | None = None  # the customer picked a language explicitly
     no_answer_streak: int = 0
     history: list[tuple[str, str]] = field(default_factory=list)  # (role, pivot text)
+    offer_pending: bool = False  # the bot's last message offered a person
+    earlier: list[handoff.Asked] = field(default_factory=list)  # the customer's last turns
 
 
 @dataclass
@@ -198,6 +200,14 @@ class Pipeline:
         self.llm = llm
         self.compose = compose_texts
         self.checker = FaithfulnessChecker({k: v.check for k, v in compose_texts.items()})
+        self.handoff_rules = handoff.load_rules(
+            config.shop.knowledge_dir / "handoff.toml", config.shop.languages
+        )
+        self._offers = tuple(
+            knowledge.message(key, lang).rstrip()
+            for lang in config.shop.languages
+            for key in ("handoff_offer", "no_answer")
+        )
 
     @classmethod
     def build(cls, config: Config, llm: LLMClient | None) -> Pipeline:
@@ -279,6 +289,23 @@ class Pipeline:
             self.knowledge, language, locale_hint=context.locale_hint, market=context.market
         )
 
+        # The bot offered a person last turn: "Nein", "non merci", "いいえ、結構です" answer the
+        # offer; they are not questions for the FAQ (nor small talk).
+        offer = (
+            handoff.offer_answer(text, language, rules=self.handoff_rules)
+            if context.offer_pending
+            else None
+        )
+        if offer == "decline":
+            with trace.stage("localize") as out:
+                reply = self.localizer.message("offer_declined", where)
+                out.update(source="message", key="offer_declined", locale=where.locale)
+            draft = _Draft(reply, [], "message")
+            return self._result(text, detection, None, where, trace, draft, answered=True)
+        if offer == "accept":
+            decision = handoff.HandoffDecision(True, "customer_request", f"offer accepted: {text}")
+            return self._handoff(text, detection, None, where, trace, decision, None)
+
         intent = self.lexicon.intent(self.masker.strip(text))
         if intent in _SMALL_TALK:
             with trace.stage("localize") as out:
@@ -322,17 +349,11 @@ class Pipeline:
             top_faq=top.faq_id if top else None,
             answered=top is not None,
             no_answer_streak=context.no_answer_streak,
+            earlier=context.earlier,
+            rules=self.handoff_rules,
         )
         if decision.handoff:
-            with trace.stage("handoff") as out:
-                out.update(decision.as_dict())
-                reply = self.localizer.message("handoff_started", where)
-            faq_ids = [top.faq_id] if top else []
-            draft = _Draft(reply, faq_ids, "message")
-            return self._result(
-                text, detection, pivot, where, trace, draft,
-                answered=top is not None, handoff_reason=decision.reason,
-            )  # fmt: skip
+            return self._handoff(text, detection, pivot, where, trace, decision, top)
         if top is None:
             with trace.stage("localize") as out:
                 key = "clarify" if intent == "ack" else "no_answer"
@@ -343,6 +364,30 @@ class Pipeline:
 
         draft = await self._draft(text, pivot, answerable, where, context, trace, on_delta)
         return self._result(text, detection, pivot, where, trace, draft, answered=True)
+
+    def _handoff(
+        self,
+        text: str,
+        detection: Detection,
+        pivot: str | None,
+        where: Locality,
+        trace: Trace,
+        decision: handoff.HandoffDecision,
+        top: Hit | None,
+    ) -> TurnResult:
+        with trace.stage("handoff") as out:
+            out.update(decision.as_dict())
+            reply = self.localizer.message("handoff_started", where)
+        draft = _Draft(reply, [top.faq_id] if top else [], "message")
+        return self._result(
+            text, detection, pivot, where, trace, draft,
+            answered=top is not None, handoff_reason=decision.reason,
+        )  # fmt: skip
+
+    def offers_human(self, reply: str) -> bool:
+        """Whether a reply the bot sent ends by offering a person (its next turn may be the
+        customer's answer to that offer)."""
+        return reply.rstrip().endswith(self._offers)
 
     def _detect(self, text: str, context: TurnContext) -> Detection:
         if context.chosen_language in self.config.shop.languages:

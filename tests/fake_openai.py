@@ -2,8 +2,9 @@
 
 It speaks real HTTP/1.1 and server-sent events on a real port, so the client under test
 goes through its whole network stack. Each request takes the next scripted behaviour:
-``ok``, ``http500``, ``http400``, ``malformed``, ``stall`` (stops mid-stream), ``slow_first`` (no first
-token for a long time), ``close`` (drops the connection).
+``ok``, ``slow_ok`` (answers after a second), ``http500``, ``http400``, ``malformed``,
+``stall`` (stops mid-stream), ``slow_first`` (no first token for a long time), ``close``
+(drops the connection).
 """
 
 from __future__ import annotations

@@ -154,7 +154,7 @@ async def test_admission_control_refuses_instead_of_queueing_into_timeouts(
         with pytest.raises(EngineBusy, match="already waiting"):
             await llm.chat(MESSAGES)
         assert not waiting.done()  # refused at once, while the other still waits
-        with pytest.raises(EngineBusy, match="no slot within 0.3 s"):
+        with pytest.raises(EngineBusy, match=r"no slot within 0\.3 s"):
             await waiting
         assert (await first).text
         assert llm.refused == 2

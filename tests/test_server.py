@@ -4,7 +4,9 @@ SQLite database with the migrations applied, and a real websockets client."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
+import logging
 import os
 import re
 import signal
@@ -25,6 +27,7 @@ from bot.config import Config, DatabaseConfig
 from bot.errors import SchemaOutOfDate
 from bot.localize import locality_for
 from bot.pipeline import Pipeline
+from bot.server.admission import client_address
 from bot.server.app import App
 from bot.store import Store
 from tests import test_store
@@ -303,7 +306,8 @@ async def test_a_customer_can_ask_for_a_human(app: App) -> None:
         await client.quiet()
     assert handoff == {"type": "handoff", "seq": 1, "reason": "customer_request"}
     assert note["type"] == "system"
-    assert "contacto" in note["text"]
+    assert "support@meridiangoods.com" in note["text"]  # how to reach the team, in Spanish
+    assert "no puede responderte en este chat" in note["text"]
     assert ack["type"] == "ack"
     assert (await app.store.conversation(welcome["conversation"])).status == "queued"
 
@@ -460,6 +464,223 @@ async def test_a_failing_turn_is_answered_with_internal_and_the_socket_survives(
     assert reply["faq_ids"] == ["returns.start"]
 
 
+# -- limits --------------------------------------------------------------------------------
+
+
+async def refused(app: App, **kwargs: Any) -> int | None:
+    """Connect, and return the close code the server ends the socket with."""
+    async with chat(app, **kwargs) as client:
+        closed = await client.closed()
+    return closed.rcvd.code if closed.rcvd else None
+
+
+async def wait_for(condition: Any, what: str) -> None:
+    for _ in range(int(100 * FACTOR)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+async def refusals(app: App) -> dict[str, float]:
+    _, _, body = await http_get(app, "/metrics")
+    found = re.findall(r'^bot_refusals_total\{reason="(\w+)"\} (\S+)$', body.decode(), re.M)
+    return {reason: float(count) for reason, count in found}
+
+
+async def test_reconnecting_does_not_refill_the_rate_limit(start: Any) -> None:
+    """The conversation's budget follows it across reconnects and tabs: the third message
+    of a 2-per-window conversation is refused, whichever socket sends it."""
+    async with start(rate_limit_messages=2, rate_limit_window=600.0) as app:
+        async with chat(app) as client:
+            welcome = await client.hello()
+            await client.send(type="message", id="m1", text="hola")
+            await client.until("ack")
+        async with chat(app) as client, chat(app) as tab:
+            await client.hello(resume=welcome["resume"], last_seq=99)
+            await tab.hello(resume=welcome["resume"], last_seq=99)
+            await client.send(type="message", id="m2", text="gracias")
+            await client.until("ack")
+            await tab.send(type="message", id="m3", text="adiós")
+            limited = await tab.until("error")
+            await client.send(type="handoff.request")
+            again = await client.until("error")
+        assert (limited[-1]["code"], limited[-1]["id"]) == ("rate_limited", "m3")
+        assert again[-1]["code"] == "rate_limited"
+        assert (await refusals(app))["conversation"] == 2
+
+
+async def test_one_address_shares_one_budget_across_conversations(start: Any) -> None:
+    """New conversations and their messages from one address spend one bucket: past it,
+    messages and new conversations are refused with rate_limited."""
+    settings = {"rate_limit_messages": 100, "ip_rate_limit_messages": 3, "rate_limit_window": 600.0}
+    async with start(**settings) as app, chat(app) as first, chat(app) as second:
+        await first.hello()  # 1
+        await second.hello()  # 2
+        await first.send(type="message", id="a1", text="hola")  # 3
+        await first.until("ack")
+        await second.send(type="message", id="b1", text="hola")
+        limited = await second.until("error")
+        assert (limited[-1]["code"], limited[-1]["id"]) == ("rate_limited", "b1")
+        async with chat(app) as third:
+            await third.send(type="hello", v=1, locale="es-ES")
+            assert (await third.recv())["code"] == "rate_limited"
+        assert (await refusals(app))["address"] == 2
+
+
+async def test_too_many_sockets_from_one_address_are_closed_with_1013(start: Any) -> None:
+    """Past max_connections_per_ip a new socket is closed with 1013 (try again later);
+    once one of them goes, a new one is welcome."""
+    async with start(max_connections_per_ip=2) as app:
+        async with chat(app) as first, chat(app) as second:
+            await first.hello()
+            await second.hello()
+            assert await refused(app) == 1013
+        await wait_for(lambda: app.metrics.open_connections == 0, "the sockets to close")
+        async with chat(app) as client:
+            await client.hello()
+        assert (await refusals(app))["connections"] == 1
+
+
+async def test_behind_a_trusted_proxy_the_forwarded_address_counts(start: Any) -> None:
+    """With the proxy trusted, each forwarded client has its own connection limit, and
+    addresses a client prepends to the header change nothing."""
+    async with start(max_connections_per_ip=1, trusted_proxies=("127.0.0.1",)) as app:
+        one = {"additional_headers": {"X-Forwarded-For": "203.0.113.5"}}
+        spoofed = {"additional_headers": {"X-Forwarded-For": "198.51.100.7, 203.0.113.5"}}
+        other = {"additional_headers": {"X-Forwarded-For": "203.0.113.6"}}
+        async with chat(app, **one) as client, chat(app, **other) as neighbour:
+            await client.hello()
+            await neighbour.hello()
+            assert await refused(app, **spoofed) == 1013
+
+
+async def test_an_untrusted_peer_cannot_choose_its_address(start: Any) -> None:
+    """Without trusted proxies the header is ignored: every socket here is 127.0.0.1."""
+    async with start(max_connections_per_ip=1) as app:
+        headers = {"X-Forwarded-For": "203.0.113.5"}
+        async with chat(app, additional_headers=headers) as client:
+            await client.hello()
+            other = {"X-Forwarded-For": "203.0.113.6"}
+            assert await refused(app, additional_headers=other) == 1013
+
+
+@pytest.mark.parametrize(
+    ("peer", "header", "expected"),
+    [
+        ("203.0.113.5", None, "203.0.113.5"),
+        ("203.0.113.5", "198.51.100.7", "203.0.113.5"),  # not a trusted proxy: ignored
+        ("10.0.0.2", "198.51.100.7", "198.51.100.7"),
+        ("10.0.0.2", "1.1.1.1, 198.51.100.7, 10.0.0.9", "198.51.100.7"),
+        ("10.0.0.2", "[2001:db8::1]:443", "2001:db8::/64"),
+        ("10.0.0.2", "junk, 198.51.100.7", "198.51.100.7"),
+        ("10.0.0.2", "198.51.100.7, junk", "10.0.0.2"),
+        ("::ffff:203.0.113.5", None, "203.0.113.5"),
+    ],
+)
+def test_the_client_address(peer: str, header: str | None, expected: str) -> None:
+    """Limits count the rightmost address a trusted proxy vouches for (IPv6 per /64)."""
+    trusted = (ipaddress.ip_network("10.0.0.0/8"),)
+    assert client_address(peer, header, trusted) == expected
+
+
+async def test_handshakes_in_flight_are_capped(start: Any) -> None:
+    """Connections that never finish their handshake hold at most max_handshakes slots:
+    past them a new one gets HTTP 503; the silent ones are dropped after handshake_timeout."""
+    async with start(max_handshakes=2, handshake_timeout=1.0 * FACTOR) as app:
+        silent = [await asyncio.open_connection("127.0.0.1", app.port) for _ in range(2)]
+        await wait_for(lambda: app.admission.handshakes == 2, "two handshakes in flight")
+        with pytest.raises(InvalidStatus) as busy:
+            async with chat(app):
+                pass
+        assert busy.value.response.status_code == 503
+        for reader, writer in silent:  # the server gives up on them
+            assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
+            writer.close()
+        async with chat(app) as client:
+            await client.hello()
+        assert (await refusals(app))["handshakes"] == 1
+
+
+# -- malformed frames ----------------------------------------------------------------------
+
+MALFORMED = {
+    "lone surrogate id": '{"type":"message","id":"\\ud800","text":"hola"}',
+    "lone surrogate text": '{"type":"message","id":"m1","text":"ho\\udc00la"}',
+    "control character id": '{"type":"message","id":"m\\u0000","text":"hola"}',
+    "nested arrays": "[" * 60000,
+    "nested objects": '{"a":' * 12000,
+    "huge number": '{"type":"message","id":"m1","text":' + "9" * 5000 + "}",
+}
+
+
+async def test_malformed_frames_get_bad_frame_and_the_socket_stays_open(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Lone surrogates, control characters in ids, absurd nesting or numbers: each gets
+    error bad_frame, nothing reaches the log as an error, and the chat goes on."""
+    async with chat(app) as client:
+        await client.ws.send('{"type":"hello","v":1,"locale":"es-ES","resume":"r_\\ud800"}')
+        assert (await client.recv())["code"] == "bad_resume"
+        await client.hello(last_seq=0)
+        for name, raw in MALFORMED.items():
+            await client.ws.send(raw)
+            error = await client.recv()
+            assert (error["type"], error["code"]) == ("error", "bad_frame"), name
+        await client.send(type="message", id="m1", text="hola")
+        ack = await client.recv()
+    assert (ack["type"], ack["id"]) == ("ack", "m1")
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_a_resume_past_any_seq_is_refused(app: App) -> None:
+    """A last_seq beyond what a database can hold gets bad_frame, not a server error."""
+    async with chat(app) as client:
+        welcome = await client.hello()
+    async with chat(app) as client:
+        await client.send(type="hello", v=1, locale="es", resume=welcome["resume"], last_seq=2**64)
+        assert (await client.recv())["code"] == "bad_frame"
+        await client.hello(resume=welcome["resume"], last_seq=0)
+
+
+async def test_repeated_bad_frames_are_logged_a_few_times(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Forty broken frames: forty errors to the client, forty in /metrics, three log lines."""
+    caplog.set_level(logging.DEBUG, logger="bot.server.chat")
+    async with chat(app) as client:
+        await client.hello()
+        for _ in range(40):
+            await client.ws.send("[" * 1000)
+        codes = [(await client.recv())["code"] for _ in range(40)]
+    assert codes == ["bad_frame"] * 40
+    logged = [r for r in caplog.records if r.name == "bot.server.chat"]
+    assert len(logged) == 3
+    _, _, body = await http_get(app, "/metrics")
+    assert 'bot_errors_total{code="bad_frame"} 40.0' in body.decode()
+
+
+async def test_control_and_bidi_characters_are_not_stored(app: App) -> None:
+    """NUL, other control characters and bidi overrides are removed; newlines and tabs stay."""
+    text = "ho\x00la\x07 \u202eadiós\u202c\r\n\tgracias \u2066ok\u2069\x1b[31m"
+    async with chat(app) as client:
+        welcome = await client.hello()
+        await client.send(type="message", id="m1", text=text)
+        ack = await client.recv()
+    assert ack["text"] == "hola adiós\n\tgracias ok[31m"
+    messages = await app.store.messages(welcome["conversation"])
+    assert messages[0]["original_text"] == "hola adiós\n\tgracias ok[31m"
+
+
+async def test_a_message_of_only_control_characters_is_refused(app: App) -> None:
+    """Text that is empty once cleaned gets bad_frame with its id, like an empty message."""
+    async with chat(app) as client:
+        await client.hello()
+        await client.send(type="message", id="m1", text="\x00\u202e\x07")
+        error = await client.recv()
+    assert (error["code"], error["id"]) == ("bad_frame", "m1")
+
+
 # -- HTTP ----------------------------------------------------------------------------------
 
 
@@ -551,3 +772,24 @@ def test_bot_serve_exits_0_on_sigterm(db_url: str) -> None:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+async def test_customer_text_can_be_stored_redacted(
+    config: Config, pipeline: Pipeline, db_url: str
+) -> None:
+    """privacy.keep_original = false: the stored message holds "[card ••4242]", never the
+    card number, and the customer still gets an answer."""
+    cfg = config.replace(
+        database={"url": db_url},
+        server={"host": "127.0.0.1", "port": 0},
+        privacy={"keep_original": False},
+    )
+    async with App(cfg, pipeline=pipeline) as app, chat(app) as client:
+        welcome = await client.hello()
+        await client.send(
+            type="message", id="m1", text="Meine Karte 4242 4242 4242 4242 wurde doppelt belastet"
+        )
+        await client.until("reply")
+    stored = await app.store.messages(welcome["conversation"])
+    assert "[card ••4242]" in stored[0]["original_text"]
+    assert all("4242 4242" not in str(m) for m in stored)

@@ -14,13 +14,16 @@ import asyncio
 import contextlib
 import logging
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import Server, serve
 from websockets.frames import CloseCode
 
 from bot.config import Config
+from bot.errors import ModelError
 from bot.llm import LLMClient
 from bot.pipeline import Pipeline
+from bot.server.admission import Admission
 from bot.server.chat import ChatHandler
 from bot.server.http import CHAT_PATH, Routes, load_static
 from bot.server.metrics import Metrics
@@ -28,6 +31,9 @@ from bot.server.rooms import Hub
 from bot.server.texts import Texts
 from bot.server.turns import Turns
 from bot.store import Store
+
+if TYPE_CHECKING:
+    from bot.models.supervisor import EmbeddedEngine
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +44,7 @@ class App:
     store: Store
     pipeline: Pipeline
     turns: Turns
+    admission: Admission
     llm: LLMClient | None
 
     def __init__(
@@ -56,6 +63,8 @@ class App:
         self._given_pipeline = pipeline
         self._stack = contextlib.AsyncExitStack()
         self._server: Server | None = None
+        self._engine: EmbeddedEngine | None = None
+        self._engine_error: str | None = None
         self.metrics = Metrics()
         self.hub = Hub()
 
@@ -100,6 +109,7 @@ class App:
             texts=texts,
             metrics=self.metrics,
         )
+        admission = self.admission = Admission(config.server, self.metrics)
         handler = ChatHandler(
             config=config.server,
             store=self.store,
@@ -107,6 +117,8 @@ class App:
             turns=self.turns,
             texts=texts,
             metrics=self.metrics,
+            admission=admission,
+            redact_stored=not config.privacy.keep_original,
         )
         routes = Routes(
             config=config.server,
@@ -115,12 +127,15 @@ class App:
             llm=self.llm,
             metrics=self.metrics,
             static=await asyncio.to_thread(load_static),
+            engine_failure=lambda: self.engine_failure,
         )
         self._server = await serve(
             handler,
             config.server.host,
             config.server.port,
             process_request=routes,
+            create_connection=admission.connection_class(),
+            open_timeout=config.server.handshake_timeout,
             max_size=config.server.max_frame_bytes,
             compression=None,  # short JSON frames: not worth a deflate context per socket
             server_header=None,
@@ -135,9 +150,22 @@ class App:
         from bot.models.engines import start_from_config
 
         try:
-            await self._stack.enter_async_context(start_from_config(self.config.model))
+            self._engine = await self._stack.enter_async_context(
+                start_from_config(self.config.model)
+            )
+        except ModelError as exc:  # reported once, clearly; the bot serves curated answers
+            self._engine_error = str(exc).split("\n")[0]
+            log.error("the embedded model engine did not start: %s; serving curated answers", exc)
         except Exception:
+            self._engine_error = "the embedded model engine did not start (see the log)"
             log.exception("the embedded model engine did not start: serving curated answers")
+
+    @property
+    def engine_failure(self) -> str | None:
+        """Why the embedded engine is not serving, for /healthz; None when it is (or none)."""
+        if self._engine is not None:
+            return self._engine.failure
+        return self._engine_error
 
     async def _load_translation_memory(self) -> None:
         memory = self.pipeline.translator.memory

@@ -5,14 +5,17 @@
     handoff.request  -> the conversation is queued for a human: handoff + system events
 
 Frames that break the protocol get an ``error`` event and the connection stays open; the
-socket is closed with 1000 after ``idle_timeout`` seconds without a frame.
+socket is closed with 1000 after ``idle_timeout`` seconds without a frame. Limits
+(bot.server.admission): a socket past its address's connection limit is closed with 1013;
+messages past their conversation's or address's bucket get ``error`` ``rate_limited``.
+What a client can cause over and over is logged a few times per window, then counted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -20,9 +23,11 @@ from websockets.frames import CloseCode
 
 from bot.config import ServerConfig
 from bot.errors import ProtocolError
+from bot.redact import redact
 from bot.server import protocol
+from bot.server.admission import Admission
 from bot.server.metrics import Metrics
-from bot.server.ratelimit import TokenBucket
+from bot.server.ratelimit import LogThrottle
 from bot.server.rooms import Hub, Room
 from bot.server.texts import Texts, valid_locale
 from bot.server.turns import Turns
@@ -31,6 +36,7 @@ from bot.store import ConversationInfo, Store
 log = logging.getLogger(__name__)
 
 CUSTOMER_HANDOFF = "customer_request"
+REPLAY_BATCH = 100  # events replayed between two yields to the other sockets
 
 
 @dataclass(frozen=True)
@@ -43,16 +49,25 @@ class ChatHandler:
     turns: Turns
     texts: Texts
     metrics: Metrics
+    admission: Admission
+    redact_stored: bool = False  # privacy.keep_original = false: store customer text redacted
+    quiet: LogThrottle = field(default_factory=LogThrottle)
 
     async def __call__(self, ws: ServerConnection) -> None:
-        session = Session(self, ws)
+        self.admission.handshake_ended(ws)
+        address = self.admission.address_of(ws)
+        if not self.admission.connect(address):
+            await ws.close(CloseCode.TRY_AGAIN_LATER, "too many connections")
+            return
+        session = Session(self, ws, address)
         self.metrics.connected()
         try:
             idle = await session.run()
         except ConnectionClosed:
             pass
         except Exception:
-            log.exception("chat connection from %s failed", ws.remote_address)
+            failed = "chat connection from %s failed"
+            self.quiet.log(log, logging.ERROR, "connection", failed, address, exc_info=True)
             await ws.close(CloseCode.INTERNAL_ERROR, "server error")
         else:
             if idle:
@@ -60,18 +75,18 @@ class ChatHandler:
         finally:
             session.detach()
             self.metrics.disconnected()
+            self.admission.disconnect(address)
 
 
 class Session:
-    def __init__(self, shared: ChatHandler, ws: ServerConnection) -> None:
+    def __init__(self, shared: ChatHandler, ws: ServerConnection, address: str) -> None:
         self.shared = shared
         self.ws = ws
+        self.address = address
         self.room: Room | None = None
         self.language = shared.texts.default_language
         self.locale: str | None = None
-        self.bucket = TokenBucket(
-            shared.config.rate_limit_messages, shared.config.rate_limit_window
-        )
+        self.quiet = LogThrottle()  # per connection and code: a few records a minute
 
     async def run(self) -> bool:
         """Handle frames until the client goes away (False) or stays silent too long (True)."""
@@ -96,13 +111,17 @@ class Session:
             else:
                 await self.handoff(self.room)
         except ProtocolError as exc:
-            log.debug("refused frame from %s: %s", self.ws.remote_address, exc)
-            await self.error(exc.code)
+            self.quiet.log(
+                log, logging.DEBUG, exc.code, "refused frame from %s: %s", self.address, exc
+            )
+            await self.error(exc.code, _message_id(frame))
         except (ConnectionClosed, asyncio.CancelledError):
             raise
         except Exception:
-            log.exception("frame from %s failed", self.ws.remote_address)
-            await self.error("internal", frame.id if isinstance(frame, protocol.Message) else None)
+            self.quiet.log(
+                log, logging.ERROR, "internal", "frame from %s failed", self.address, exc_info=True
+            )
+            await self.error("internal", _message_id(frame))
 
     # -- frames -----------------------------------------------------------------------------
 
@@ -111,27 +130,42 @@ class Session:
             raise ProtocolError("hello was already sent on this connection")
         if not valid_locale(frame.locale):
             raise ProtocolError("'locale' is not a BCP 47 tag")
-        store, texts = self.shared.store, self.shared.texts
-        self.locale, self.language = frame.locale, texts.language_of(frame.locale)
+        self.locale, self.language = frame.locale, self.shared.texts.language_of(frame.locale)
         if frame.resume is None:
-            conv, token = await store.create_conversation(
-                language=self.language, locale=frame.locale, market=texts.market_of(frame.locale)
-            )
+            await self.start(frame.locale)
         else:
-            found = await store.find_by_resume(frame.resume)
-            if found is None:
-                raise ProtocolError("unknown resume token", code="bad_resume")
-            conv, token = found, frame.resume
-            if conv.locale != frame.locale:  # the customer picked another language
-                market = texts.market_of(frame.locale)
-                await store.set_locale(conv.id, frame.locale, self.language, market)
+            await self.resume(frame.resume, frame.locale, frame.last_seq)
+
+    async def start(self, locale: str) -> None:
+        """A new conversation: one write, and nothing to replay or answer."""
+        self.shared.admission.new_conversation(self.address)
+        market = self.shared.texts.market_of(locale)
+        conv, token = await self.shared.store.create_conversation(
+            language=self.language, locale=locale, market=market
+        )
+        room = self.room = self.shared.hub.acquire(conv.id)
+        async with room.emit_lock:
+            await self.send(protocol.welcome(conv.id, token, conv.last_seq, conv.language))
+            room.sockets.add(self.ws)
+
+    async def resume(self, token: str, locale: str, last_seq: int) -> None:
+        store = self.shared.store
+        conv = await store.find_by_resume(token)
+        if conv is None:
+            raise ProtocolError("unknown resume token", code="bad_resume")
+        if conv.locale != locale:  # the customer picked another language
+            market = self.shared.texts.market_of(locale)
+            await store.set_locale(conv.id, locale, self.language, market)
         room = self.room = self.shared.hub.acquire(conv.id)
         async with room.emit_lock:  # nothing new is numbered while the replay is sent
             conv = await store.conversation(conv.id)
             self.language = conv.language
             await self.send(protocol.welcome(conv.id, token, conv.last_seq, conv.language))
-            for event in await store.events_after(conv.id, frame.last_seq):
+            events = await store.events_after(conv.id, last_seq)
+            for n, event in enumerate(events, 1):
                 await self.send(event.frame())
+                if n % REPLAY_BATCH == 0:  # a long conversation does not hold up the others
+                    await asyncio.sleep(0)
             room.sockets.add(self.ws)
         await self.answer_pending(room, conv)
 
@@ -143,9 +177,7 @@ class Session:
 
     async def message(self, room: Room, frame: protocol.Message) -> None:
         config = self.shared.config
-        if not self.bucket.take():
-            await self.error("rate_limited", frame.id)
-            return
+        self.shared.admission.spend(room.id, self.address)
         text = frame.text.strip()
         if not text:
             await self.error("bad_frame", frame.id)
@@ -153,6 +185,8 @@ class Session:
         if len(text) > config.max_message_chars:
             await self.error("too_long", frame.id, limit=str(config.max_message_chars))
             return
+        if self.shared.redact_stored:
+            text = redact(text).text
         async with room.emit_lock:
             accepted = await self.shared.store.accept_message(room.id, frame.id, text)
             if accepted.created:
@@ -165,9 +199,7 @@ class Session:
             self.shared.turns.schedule(room, accepted.message)
 
     async def handoff(self, room: Room) -> None:
-        if not self.bucket.take():
-            await self.error("rate_limited")
-            return
+        self.shared.admission.spend(room.id, self.address)
         note = self.shared.texts.message("handoff_started", self.language, self.locale)
         async with room.emit_lock:
             events = await self.shared.store.request_handoff(room.id, CUSTOMER_HANDOFF, note=note)
@@ -190,3 +222,8 @@ class Session:
             self.room.sockets.discard(self.ws)
             self.shared.hub.release(self.room)
             self.room = None
+
+
+def _message_id(frame: protocol.ClientFrame | None) -> str | None:
+    """The id to name in an error: the frame's, when it was a readable ``message``."""
+    return frame.id if isinstance(frame, protocol.Message) else None

@@ -15,6 +15,7 @@ import email.utils
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -30,6 +31,7 @@ from bot.pipeline import Pipeline
 from bot.server import metrics as metrics_module
 from bot.server.metrics import Metrics
 from bot.server.protocol import encode
+from bot.server.ratelimit import LogThrottle
 from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -78,7 +80,9 @@ class Routes:
     llm: LLMClient | None
     metrics: Metrics
     static: dict[str, bytes]
+    engine_failure: Callable[[], str | None] = lambda: None  # why the embedded engine is down
     _i18n: dict[str, bytes] = field(default_factory=dict)
+    _quiet: LogThrottle = field(default_factory=LogThrottle)
 
     async def __call__(self, connection: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
@@ -100,7 +104,9 @@ class Routes:
         allowed = self.config.allowed_origins
         origin = request.headers.get("Origin")
         if allowed and origin not in allowed:
-            log.info("refused chat socket from origin %r", origin)
+            self._quiet.log(
+                log, logging.INFO, "origin", "refused chat socket from origin %r", origin
+            )
             self.metrics.errors.labels("origin").inc()
             return text_response(HTTPStatus.FORBIDDEN, "origin not allowed")
         return None
@@ -119,13 +125,16 @@ class Routes:
 
     async def health(self) -> Response:
         db = await self.store.ping()
+        failure = self.engine_failure()
         engine = "ok" if self.llm is not None and await self.llm.health() else "unavailable"
-        report = {
+        report: dict[str, object] = {
             "status": "ok" if db else "error",
             "db": "ok" if db else "error",
-            "engine": engine,
+            "engine": "failed" if failure and engine != "ok" else engine,
             "index": self.pipeline.retriever.fingerprint,
             "connections": self.metrics.open_connections,
         }
+        if failure and engine != "ok":
+            report["engine_failure"] = failure  # e.g. "the engine crashes on this CPU: ..."
         status = HTTPStatus.OK if db else HTTPStatus.SERVICE_UNAVAILABLE
         return response(status, json.dumps(report).encode(), _JSON)

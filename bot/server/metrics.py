@@ -29,6 +29,12 @@ class Metrics:
         self.errors = Counter("bot_errors", "Error events sent to clients", ["code"], registry=r)
         self.connections = Gauge("bot_open_connections", "Open chat sockets", registry=r)
         self.messages = Counter("bot_messages_stored", "Messages stored", ["role"], registry=r)
+        self.refusals = Counter(
+            "bot_refusals", "Frames and connections refused by a limit", ["reason"], registry=r
+        )
+        self.handshakes = Gauge(
+            "bot_handshakes_in_flight", "Connections in their opening handshake", registry=r
+        )
         self.open_connections = 0
 
     def connected(self) -> None:

@@ -10,6 +10,7 @@ The widget (bot/static/widget.js) mirrors these.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,14 @@ VERSION = 1
 MAX_ID_CHARS = 64
 MAX_LOCALE_CHARS = 35
 MAX_TOKEN_CHARS = 100
+MAX_SEQ = 2**63 - 1  # a database BIGINT
+
+# A lone surrogate ("\ud800" in the JSON) cannot be encoded, stored or sent back.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# Removed from stored text: NUL and the other control characters but newline and tab, and
+# the bidi embeddings, overrides and isolates that make text display other than it reads.
+_UNSTORED = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 # Events kept in the replay log; the others are sent once and never replayed.
 STORED_EVENTS = frozenset(
@@ -68,6 +77,8 @@ def parse(data: str | bytes) -> ClientFrame:
         frame = json.loads(data)
     except ValueError:
         raise ProtocolError("frame is not JSON") from None
+    except RecursionError:  # "[[[[..." deeper than the interpreter's recursion limit
+        raise ProtocolError("frame is nested too deeply") from None
     if not isinstance(frame, dict):
         raise ProtocolError("frame is not a JSON object")
     kind = frame.get("type")
@@ -76,10 +87,10 @@ def parse(data: str | bytes) -> ClientFrame:
     if kind == "hello":
         return _hello(frame)
     if kind == "message":
-        return Message(
-            id=_string(frame, "id", max_chars=MAX_ID_CHARS),
-            text=_string(frame, "text", allow_empty=True),
-        )
+        message_id = _string(frame, "id", max_chars=MAX_ID_CHARS)
+        if _CONTROL.search(message_id):
+            raise ProtocolError("'id' holds control characters")
+        return Message(id=message_id, text=clean_text(_string(frame, "text", allow_empty=True)))
     if kind == "handoff.request":
         return HandoffRequest()
     raise ProtocolError(f"unknown frame type {kind[:40]!r}", code="unknown_type")
@@ -97,10 +108,12 @@ def _hello(frame: dict[str, Any]) -> Hello:
     resume = frame.get("resume")
     if resume is None:
         return Hello(locale)
-    if not isinstance(resume, str) or not resume or len(resume) > MAX_TOKEN_CHARS:
+    if not isinstance(resume, str) or not 0 < len(resume) <= MAX_TOKEN_CHARS:
+        raise ProtocolError("'resume' must be a token string", code="bad_resume")
+    if _SURROGATE.search(resume):  # its hash is the lookup key: it must encode
         raise ProtocolError("'resume' must be a token string", code="bad_resume")
     last_seq = frame.get("last_seq", 0)
-    if not _is_int(last_seq) or last_seq < 0:
+    if not _is_int(last_seq) or not 0 <= last_seq <= MAX_SEQ:
         raise ProtocolError("'last_seq' must be a non-negative integer")
     return Hello(locale, resume, last_seq)
 
@@ -113,7 +126,15 @@ def _string(
         raise ProtocolError(f"'{frame['type']}' needs a string '{key}'")
     if max_chars and len(value) > max_chars:
         raise ProtocolError(f"'{key}' is longer than {max_chars} characters")
+    if _SURROGATE.search(value):
+        raise ProtocolError(f"'{key}' holds a lone surrogate")
     return value
+
+
+def clean_text(text: str) -> str:
+    """Message text as stored: line breaks as ``\\n``, without NUL, the other control
+    characters (tab stays) and bidi overrides."""
+    return _UNSTORED.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
 
 
 def _is_int(value: object) -> bool:

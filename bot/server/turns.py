@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any
 
+from bot.handoff import Asked
 from bot.pipeline import Pipeline, TurnContext, TurnResult
 from bot.server.metrics import Metrics
 from bot.server.protocol import error
@@ -90,12 +91,18 @@ class Turns:
         history = await self.store.history(
             room.id, before_seq=message.seq or 0, limit=HISTORY_MESSAGES
         )
+        asked = await self.store.asked(room.id, before_seq=message.seq or 0)
+        last_bot = next((text for role, text in reversed(history) if role == "bot"), None)
         context = TurnContext(
             language=conv.language,
             locale_hint=conv.locale,
             market=conv.market,
             no_answer_streak=conv.no_answer_streak,
             history=history,
+            offer_pending=bool(history)
+            and history[-1][0] == "bot"
+            and self.pipeline.offers_human(last_bot or ""),
+            earlier=[Asked(text, faq) for text, faq in asked],
         )
 
         async def on_delta(piece: str) -> None:

@@ -311,6 +311,42 @@ class Store:
         rows.reverse()
         return [(r.role, r.pivot_text or r.delivered_text or r.original_text) for r in rows]
 
+    async def asked(
+        self, conversation_id: str, *, before_seq: int, limit: int = 6
+    ) -> list[tuple[str, str | None]]:
+        """The customer's last ``limit`` messages before ``before_seq``, oldest first, each
+        with the first FAQ id of the bot's reply to it: (original text, faq id or None)."""
+        async with self._session() as session:
+            rows = list(
+                await session.scalars(
+                    select(Message)
+                    .where(
+                        Message.conversation_id == conversation_id,
+                        Message.role == "customer",
+                        Message.seq < before_seq,
+                    )
+                    .order_by(Message.seq.desc())
+                    .limit(limit)
+                )
+            )
+            replies = {
+                r.reply_to: r
+                for r in await session.scalars(
+                    select(Message).where(
+                        Message.conversation_id == conversation_id,
+                        Message.role == "bot",
+                        Message.reply_to.in_([row.id for row in rows]),
+                    )
+                )
+            }
+        rows.reverse()
+        out = []
+        for row in rows:
+            reply = replies.get(row.id)
+            faq = reply.faq_ids[0] if reply is not None and reply.faq_ids else None
+            out.append((row.original_text, faq))
+        return out
+
     async def record_reply(
         self, conversation_id: str, message_id: int, client_id: str | None, reply: Reply
     ) -> list[StoredEvent]:
@@ -468,6 +504,38 @@ class Store:
                 .order_by(Message.seq)
             )
             return [{c.key: getattr(r, c.key) for c in Message.__table__.columns} for r in rows]
+
+    # -- replay exports (bot/replay) ------------------------------------------------------
+    # Read-only queries for `bot replay list|record`; nothing above depends on them. A
+    # conversation's log itself is read with `conversation`, `events_after` and `messages`.
+
+    async def recent_conversations(self, *, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest conversations, most recently active first: id, locale, language,
+        status, created_at, updated_at and customer_messages (how many)."""
+        from sqlalchemy import func
+
+        customer_messages = (
+            select(func.count(Message.id))
+            .where(Message.conversation_id == Conversation.id, Message.role == "customer")
+            .scalar_subquery()
+            .label("customer_messages")
+        )
+        stmt = (
+            select(
+                Conversation.id,
+                Conversation.locale,
+                Conversation.language,
+                Conversation.status,
+                Conversation.created_at,
+                Conversation.updated_at,
+                customer_messages,
+            )
+            .order_by(Conversation.updated_at.desc(), Conversation.id)
+            .limit(limit)
+        )
+        async with self._session() as session:
+            rows = await session.execute(stmt)
+            return [dict(row._mapping) for row in rows]
 
 
 def _info(row: Conversation) -> ConversationInfo:

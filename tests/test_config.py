@@ -1,0 +1,63 @@
+"""Configuration: config.toml and BOT_<SECTION>__<KEY> overrides, validated at start-up."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from bot.config import load_config
+from bot.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "config.toml"
+
+
+def test_the_server_limits_shipped_in_config_toml() -> None:
+    """Out of the box: 20 messages per conversation and 120 per address a minute, 50
+    sockets per address, 200 handshakes in flight, no proxy trusted."""
+    server = load_config(CONFIG, environ={}).server
+    assert (server.rate_limit_messages, server.rate_limit_window) == (20, 60.0)
+    assert server.ip_rate_limit_messages == 120
+    assert server.max_connections_per_ip == 50
+    assert (server.max_handshakes, server.handshake_timeout) == (200, 10.0)
+    assert server.trusted_proxies == ()
+    assert server.client_ip_header == "X-Forwarded-For"
+
+
+def test_server_limits_from_the_environment() -> None:
+    """An operator sets proxies as a comma-separated list and numbers as text."""
+    environ = {
+        "BOT_SERVER__TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1,::1",
+        "BOT_SERVER__CLIENT_IP_HEADER": "X-Real-IP",
+        "BOT_SERVER__MAX_CONNECTIONS_PER_IP": "0",
+        "BOT_SERVER__IP_RATE_LIMIT_MESSAGES": "600",
+    }
+    server = load_config(CONFIG, environ=environ).server
+    assert server.trusted_networks == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("127.0.0.1/32"),
+        ipaddress.ip_network("::1/128"),
+    )
+    assert server.client_ip_header == "X-Real-IP"
+    assert (server.max_connections_per_ip, server.ip_rate_limit_messages) == (0, 600)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("MAX_SOCKETS", "5", r"unknown key\(s\) \['max_sockets'\]"),
+        ("TRUSTED_PROXIES", "10.0.0.0/8,proxy.internal", "trusted_proxies"),
+        ("MAX_CONNECTIONS_PER_IP", "-1", "max_connections_per_ip must be 0"),
+        ("MAX_HANDSHAKES", "0", "max_handshakes must be at least 1"),
+        ("RATE_LIMIT_MESSAGES", "0", "rate_limit_messages must be at least 1"),
+        ("HANDSHAKE_TIMEOUT", "0", "handshake_timeout must be more than 0"),
+        ("CLIENT_IP_HEADER", " ", "client_ip_header"),
+        ("IDLE_TIMEOUT", "soon", "cannot use 'soon'"),
+    ],
+)
+def test_a_bad_server_setting_stops_start_up(key: str, value: str, message: str) -> None:
+    """A typo or an impossible limit is refused at start-up, naming the setting."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(CONFIG, environ={f"BOT_SERVER__{key}": value})

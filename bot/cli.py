@@ -66,8 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("index", help="build the FAQ index from knowledge/")
+    p = sub.add_parser("index", help="build the FAQ index from knowledge/ (if it changed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true", help="rebuild even if it is current")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("detect", help="detect the language of each message")
@@ -99,11 +100,13 @@ def _parser() -> argparse.ArgumentParser:
     from bot.models import cli as model_cli
     from bot.replay import cli as replay_cli
     from bot.server import cli as server_cli
+    from bot.server import console_cli
 
     model_cli.register(sub)
     server_cli.register(sub)
     eval_cli.register(sub)
     replay_cli.register(sub)
+    console_cli.register(sub)
     return parser
 
 
@@ -136,9 +139,16 @@ def _emit(obj: dict[str, Any]) -> None:
 
 def cmd_index(args: argparse.Namespace, config: Config) -> int:
     from bot.knowledge import load_knowledge
-    from bot.retrieve import Embedder, build_index
+    from bot.retrieve import Embedder, build_index, index_is_current
 
     knowledge = load_knowledge(config.shop.knowledge_dir)
+    if not args.force and index_is_current(config.retrieve.index_dir, knowledge):
+        print(
+            f"the FAQ index in {config.retrieve.index_dir} is current (knowledge and embedder "
+            "unchanged); --force rebuilds it",
+            file=sys.stderr,
+        )
+        return 0
     info = build_index(
         knowledge,
         config.retrieve.index_dir,

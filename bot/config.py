@@ -50,13 +50,12 @@ class DetectConfig:
 class RetrieveConfig:
     index_dir: Path
     top_k: int = 3
-    answer_threshold: float = 0.83
     direct_threshold: float = 0.87
     direct_margin: float = 0.015
 
     def __post_init__(self) -> None:
-        if not 0 < self.answer_threshold <= self.direct_threshold <= 1:
-            raise ConfigError("retrieve: need 0 < answer_threshold <= direct_threshold <= 1")
+        if not 0 < self.direct_threshold <= 1 or not 0 <= self.direct_margin <= 1:
+            raise ConfigError("retrieve: need 0 < direct_threshold <= 1, 0 <= direct_margin <= 1")
 
 
 GENERATE_MODES = ("compose", "auto", "always", "never")
@@ -196,6 +195,40 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
+class HandoffConfig:
+    # While a conversation waits for an agent the bot still answers FAQ questions (its
+    # place in the queue is kept); false: the bot stays silent until an agent or release.
+    answer_while_queued: bool = True
+    # Seconds in the queue without a claim before the customer is offered to leave a
+    # message or go back to the bot.
+    queue_timeout: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not self.queue_timeout > 0:
+            raise ConfigError("handoff.queue_timeout must be more than 0 seconds")
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    session_hours: float = 12.0  # a console login lasts this long (server-side session row)
+    # Secure cookies: "auto" when the request came over https (X-Forwarded-Proto from a
+    # proxy), "always", or "never" (plain-http development only).
+    secure_cookie: str = "auto"
+    login_attempts: int = 5  # failed logins per client address and per name, per window
+    login_window: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not self.session_hours > 0:
+            raise ConfigError("console.session_hours must be more than 0")
+        if self.secure_cookie not in {"auto", "always", "never"}:
+            raise ConfigError("console.secure_cookie must be auto, always or never")
+        if self.login_attempts < 1:
+            raise ConfigError("console.login_attempts must be at least 1")
+        if not self.login_window > 0:
+            raise ConfigError("console.login_window must be more than 0 seconds")
+
+
+@dataclass(frozen=True)
 class Config:
     shop: ShopConfig
     detect: DetectConfig
@@ -206,6 +239,8 @@ class Config:
     server: ServerConfig
     database: DatabaseConfig
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    handoff: HandoffConfig = field(default_factory=HandoffConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     root: Path = field(default=PROJECT_ROOT)
 
     def replace(self, **sections: Any) -> Config:
@@ -227,6 +262,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "server": ServerConfig,
     "database": DatabaseConfig,
     "privacy": PrivacyConfig,
+    "handoff": HandoffConfig,
+    "console": ConsoleConfig,
 }
 
 

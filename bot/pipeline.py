@@ -44,7 +44,7 @@ from bot.faithful import (
     numbers_in,
 )
 from bot.generate import Passage, generate_reply
-from bot.knowledge import OUT_OF_SCOPE, Knowledge, load_knowledge
+from bot.knowledge import Knowledge, load_knowledge
 from bot.llm import LLMClient
 from bot.localize import Locality, Localizer, language_of, locality_for
 from bot.mask import Masker, Span
@@ -129,31 +129,34 @@ def choose_route(
     specifics: list[Span],
     direct_threshold: float,
     direct_margin: float,
+    ambiguous: bool = False,
 ) -> Route:
     """Curated when the top FAQ fits plainly; else composed, or generated where allowed.
 
-    ``hits`` are the answerable hits, best first (at least one).
+    ``hits`` are the answerable hits, best first (at least one); ``ambiguous``: retrieval
+    could not tell the first two apart (its "clarify"), so both are answered.
     """
     top = hits[0]
     runner = hits[1] if len(hits) > 1 and hits[1].faq_id != top.faq_id else None
     lead = top.score - runner.score if runner else 1.0
     own = [s.kind for s in specifics if s.kind != "term"]
-    second = runner if runner is not None and lead < direct_margin else None
+    second = runner if runner is not None and (ambiguous or lead < direct_margin) else None
     if mode == "never":
         return Route("curated", "generate.mode is never", top, specific=False)
-    if top.dense < direct_threshold:
-        why = f"closest match {top.dense:.3f} < {direct_threshold}"
-    elif lead < direct_margin:
-        why = f"lead over the runner-up {lead:.3f} < {direct_margin}"
-    elif own:
+    specific = True
+    if own:
         why = f"the customer's own {', '.join(dict.fromkeys(own))}"
+    elif top.dense < direct_threshold:
+        why = f"closest match {top.dense:.3f} < {direct_threshold}"
+    elif second is not None:  # a plain question that two entries answer: both, no preamble
+        why, specific = f"two entries fit: {top.faq_id} or {second.faq_id}", False
     elif mode == "always" and model_ready:
         return Route("generated", "generate.mode is always", top, second, specific=False)
     else:
         return Route("curated", "a plain FAQ question", top, specific=False)
     if mode in ("auto", "always") and model_ready:
-        return Route("generated", why, top, second)
-    return Route("composed", why, top, second)
+        return Route("generated", why, top, second, specific)
+    return Route("composed", why, top, second, specific)
 
 
 def _customer_references(specifics: list[Span], language: str) -> set[str]:
@@ -327,18 +330,18 @@ class Pipeline:
             vectors = await asyncio.to_thread(self.retriever.embed, [text])
             out["embed_ms"] = round((time.perf_counter() - started) * 1000, 2)
             hits = await asyncio.to_thread(
-                self.retriever.search_vectors, vectors, k=self.config.retrieve.top_k, pivot=pivot
+                self.retriever.search_vectors, vectors, k=self.config.retrieve.top_k
             )
-            off_topic = bool(hits) and hits[0].faq_id == OUT_OF_SCOPE
-            answerable = [
-                h
-                for h in hits
-                if h.dense >= self.config.retrieve.answer_threshold and h.faq_id != OUT_OF_SCOPE
-            ]
-            if off_topic:
-                answerable = []
+            found = self.retriever.decide(hits, language)
+            # answer: the top entry; clarify: two entries that together are likely, both
+            # answered (composed); abstain: "no answer" and the offer of a person.
+            by_id = {h.faq_id: h for h in hits}
+            answerable = [by_id[f] for f in found.faq_ids if f in by_id]
             out.update(
-                hits=[h.as_dict() for h in hits], answered=bool(answerable), off_topic=off_topic
+                hits=[h.as_dict() for h in hits],
+                decision=found.as_dict(),
+                answered=bool(answerable),
+                off_topic=found.off_topic,
             )
 
         top = answerable[0] if answerable else None
@@ -362,7 +365,9 @@ class Pipeline:
             draft = _Draft(reply, [], "message")
             return self._result(text, detection, pivot, where, trace, draft, answered=False)
 
-        draft = await self._draft(text, pivot, answerable, where, context, trace, on_delta)
+        draft = await self._draft(
+            text, pivot, answerable, where, context, trace, on_delta, ambiguous=len(answerable) > 1
+        )
         return self._result(text, detection, pivot, where, trace, draft, answered=True)
 
     def _handoff(
@@ -417,6 +422,8 @@ class Pipeline:
         context: TurnContext,
         trace: Trace,
         on_delta: OnDelta | None,
+        *,
+        ambiguous: bool = False,
     ) -> _Draft:
         specifics = self.masker.find(text)
         route = choose_route(
@@ -424,6 +431,7 @@ class Pipeline:
             model_ready=self.llm is not None,
             hits=hits,
             specifics=specifics,
+            ambiguous=ambiguous,
             direct_threshold=self.config.retrieve.direct_threshold,
             direct_margin=self.config.retrieve.direct_margin,
         )
@@ -452,13 +460,13 @@ class Pipeline:
             None if text is None else drop_opening_polarity(text, texts.check, where.language)
             for text in (self.localizer.curated(faq_id, where) for faq_id in faq_ids)
         ]
-        if not route.specific or any(a is None for a in answers):
+        if (not route.specific and route.second is None) or any(a is None for a in answers):
             draft = self._curated(route.top.faq_id, where, trace, "curated")
             if why:
                 trace.stages[-1].output["fallback_reason"] = why
             return draft
         with trace.stage("compose") as out:
-            acknowledgement = texts.acknowledgement(specifics)
+            acknowledgement = texts.acknowledgement(specifics) if route.specific else ""
             also = (texts.acknowledge["also"], answers[1] or "") if route.second else None
             reply = compose(acknowledgement, answers[0] or "", also)
             out.update(faq_ids=faq_ids, locale=where.locale, market=where.market)

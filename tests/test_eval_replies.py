@@ -33,13 +33,15 @@ def test_development_set_covers_every_language_and_kind(cases: list[replies.Case
 async def test_composed_replies_never_contradict_the_entry_they_quote(
     pipeline: Pipeline, cases: list[replies.Case]
 ) -> None:
-    """On a pinned subset (3 a language): no echo, no invented promise, and whenever the bot
-    found the right entry its reply states the deciding fact and contradicts nothing."""
+    """On a pinned subset (3 a language): no echo, no invented promise, no free generation;
+    whenever the bot found the right entry its reply states the deciding fact and contradicts
+    nothing; where it was unsure it said so (no answer, the offer of a person)."""
     scores = await replies.run(pipeline, replies.subset(cases, 3), progress=False)
-    assert {s.source for s in scores} <= {"composed", "curated"}
+    assert {s.source for s in scores} <= {"composed", "curated", "message"}
+    assert all(s.abstained for s in scores if s.source == "message")
     assert not [s.case for s in scores if s.echo or s.promise]
     found = [s for s in scores if s.right_faq]
-    assert len(found) >= len(scores) // 2  # retrieval itself is measured in `bot eval retrieval`
+    assert found  # how often retrieval finds it is measured by `bot eval retrieval`
     assert not [(s.case, s.contradiction, s.missing_fact) for s in found if not s.faithful]
     assert not [s.case for s in scores if s.specifics_missing]
 
@@ -56,6 +58,10 @@ def test_cli_prints_the_table_and_writes_the_scores(tmp_path: Path, capsys: obje
     assert "by language" in printed and "by source" in printed and "contradiction" in printed
     data = json.loads(out.read_text())
     assert data["summary"]["language"]["de"]["n"] == 2
-    assert code == (0 if all(c["faq_ids"] and not c["contradiction"] for c in data["cases"]) and
-                    all(not c["missing_fact"] and not c["echo"] and not c["promise"]
-                        for c in data["cases"]) else 1)  # fmt: skip
+    harmful = [
+        c
+        for c in data["cases"]
+        if c["contradiction"] or c["echo"] or c["promise"]
+        or (not c["abstained"] and c["missing_fact"])
+    ]  # fmt: skip
+    assert code == (1 if harmful else 0)

@@ -1,32 +1,37 @@
-"""Retrieval over the real FAISS index: the right FAQ, and no FAQ for off-topic questions."""
+"""Retrieval over the real index and classifier head: the right FAQ, calibrated confidence,
+and no FAQ for off-topic questions."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from bot.config import Config
+from bot.knowledge import OUT_OF_SCOPE, Knowledge
 from bot.pipeline import Pipeline, TurnContext
+from bot.retrieve import ABSTAIN, ANSWER, CLARIFY, Hit, fit_head, variants
 from tests.conftest import LANGUAGES, questions
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
-async def test_held_out_questions_find_their_faq(
-    pipeline: Pipeline, config: Config, language: str
-) -> None:
+async def test_held_out_questions_find_their_faq(pipeline: Pipeline, language: str) -> None:
     """Questions worded by native speakers (not the FAQ's own variants) find their entry."""
     cases = [c for c in questions(language)["case"] if c["faq"]]
-    top1 = top3 = 0
+    top1 = top3 = wrong = 0
     misses = []
     for case in cases:
         hits = pipeline.retriever.search([case["text"]], k=3)
-        ids = [h.faq_id for h in hits if h.dense >= config.retrieve.answer_threshold]
+        ids = [h.faq_id for h in hits]
+        decision = pipeline.retriever.decide(hits, language)
         top1 += ids[:1] == [case["faq"]]
         top3 += case["faq"] in ids
+        wrong += decision.action == ANSWER and decision.faq_ids != (case["faq"],)
         if ids[:1] != [case["faq"]]:
             misses.append((case["text"], case["faq"], ids[:1]))
-    # Measured (multilingual-e5-small, 4-bit, no model engine): 60-92 % top-1 by language.
-    assert top1 / len(cases) >= 0.6, misses
-    assert top3 / len(cases) >= 0.75, misses
+    # Measured (bot eval retrieval, held-out set): top-1 76-93 % by language, top-3 86-98 %,
+    # answered with a wrong FAQ 0-6 %.
+    assert top1 / len(cases) >= 0.7, misses
+    assert top3 / len(cases) >= 0.85, misses
+    assert wrong / len(cases) <= 0.08, misses
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
@@ -38,9 +43,56 @@ async def test_off_topic_questions_are_not_answered_with_an_faq(
     answered = []
     for case in cases:
         result = await pipeline.answer(case["text"], TurnContext(locale_hint=language))
-        if result.faq_ids:
+        hits = pipeline.retriever.search([case["text"]])
+        if result.faq_ids or pipeline.retriever.decide(hits, language).answered:
             answered.append((case["text"], result.faq_ids))
     assert len(answered) <= len(cases) // 5, answered
+
+
+def test_hits_carry_a_probability_and_rank_by_it(pipeline: Pipeline) -> None:
+    """A plain question gets its FAQ with a high probability; probabilities sum to at most 1."""
+    hits = pipeline.retriever.search(["How long does delivery take?"], k=5)
+    assert hits[0].faq_id == "shipping.delivery_times"
+    assert hits[0].confidence > 0.5
+    assert [h.confidence for h in hits] == sorted((h.confidence for h in hits), reverse=True)
+    assert sum(h.confidence for h in hits) <= 1.0 + 1e-5
+    assert all(h.score == h.confidence for h in hits)
+    decision = pipeline.retriever.decide(hits, "en")
+    assert decision.action == ANSWER and decision.faq_ids == ("shipping.delivery_times",)
+
+
+def test_order_numbers_do_not_change_the_vector(pipeline: Pipeline) -> None:
+    """Two customers asking about different order numbers ask the same question."""
+    a, b = pipeline.retriever.embed(["where is order #48213", "where is order #77120"])
+    assert np.allclose(a, b)
+
+
+def test_decide_clarifies_between_two_close_entries_and_abstains_when_off_topic(
+    pipeline: Pipeline,
+) -> None:
+    """A close call between two entries asks which one; an off-topic top hit says no answer."""
+    retriever = pipeline.retriever
+    t = retriever.threshold("en")
+    close = [Hit("returns.cost", 0.45, "", 0.9, 0.45), Hit("refunds.shipping", 0.44, "", 0.9, 0.44)]
+    decision = retriever.decide(close, "en")
+    assert decision.action == (CLARIFY if t <= 0.89 else ABSTAIN)
+    assert decision.faq_ids == (("returns.cost", "refunds.shipping") if t <= 0.89 else ())
+    off = [Hit(OUT_OF_SCOPE, 0.9, "", 0.9, 0.9), Hit("returns.cost", 0.05, "", 0.8, 0.05)]
+    assert retriever.decide(off, "en").off_topic
+    assert retriever.decide([], "en").action == ABSTAIN
+    assert all(0.5 <= retriever.threshold(lang) <= 0.95 for lang in LANGUAGES)
+
+
+def test_head_training_is_deterministic(knowledge: Knowledge) -> None:
+    """Training the head twice on the same vectors gives the same weights and thresholds."""
+    rng = np.random.default_rng(0)
+    items = sorted(variants(knowledge), key=lambda item: item[0])
+    vectors = rng.normal(size=(len(items), 16)).astype(np.float32)
+    labels = [i for i, _, _ in items]
+    langs = [lang for _, _, lang in items]
+    a, b = fit_head(vectors, labels, langs), fit_head(vectors, labels, langs)
+    assert np.array_equal(a.weights, b.weights) and a.thresholds == b.thresholds
+    assert a.temperature == b.temperature
 
 
 def test_index_reload_picks_up_a_rebuilt_index(pipeline: Pipeline) -> None:

@@ -1,4 +1,4 @@
-"""``bot eval replies``: evaluations that print figures and write a JSON report."""
+"""``bot eval replies|retrieval``: evaluations that print figures and write a JSON report."""
 
 from __future__ import annotations
 
@@ -13,11 +13,16 @@ from bot.config import GENERATE_MODES, Config
 
 Handler = Callable[[argparse.Namespace, Config], int]
 DEFAULT_REPLY_CASES = Path("tests/data/replies")
+DEFAULT_RETRIEVAL_CASES = (
+    Path("tests/data/questions"),
+    Path("tests/data/replies"),
+    Path("tests/data/retrieval_dev"),
+)
 
 
 def register(subparsers: Any) -> dict[str, Handler]:
     """Add ``eval`` and its subcommands to ``subparsers``."""
-    evals = subparsers.add_parser("eval", help="evaluations (reply faithfulness)")
+    evals = subparsers.add_parser("eval", help="evaluations (reply faithfulness, retrieval)")
     sub = evals.add_subparsers(dest="eval_command", required=True, metavar="WHAT")
 
     p = sub.add_parser("replies", help="faithfulness of replies to turn-specific questions")
@@ -32,7 +37,18 @@ def register(subparsers: Any) -> dict[str, Handler]:
     p.add_argument("--examples", type=int, default=12, help="failing examples to print")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_replies)
-    return {"replies": cmd_replies}
+
+    p = sub.add_parser("retrieval", help="top-1/top-3, confidently wrong, abstain per language")
+    p.add_argument(
+        "--cases", type=Path, action="append", help="dir of LL.toml (repeatable; default: "
+        + ", ".join(str(d) for d in DEFAULT_RETRIEVAL_CASES) + ")",
+    )  # fmt: skip
+    p.add_argument("--lang", action="append", help="only these languages (repeatable)")
+    p.add_argument("--out", type=Path, help="write retrieval.json and retrieval_curve.png here")
+    p.add_argument("--examples", type=int, default=10, help="confidently wrong cases to print")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_retrieval)
+    return {"replies": cmd_replies, "retrieval": cmd_retrieval}
 
 
 def cmd_replies(args: argparse.Namespace, config: Config) -> int:
@@ -60,4 +76,19 @@ async def _replies(args: argparse.Namespace, config: Config) -> int:
     print(replies.report(scores, examples=args.examples))
     if args.out:
         replies.write_json(scores, args.out)
-    return 0 if all(s.faithful for s in scores) else 1
+    return 0 if all(s.harmless for s in scores) else 1
+
+
+def cmd_retrieval(args: argparse.Namespace, config: Config) -> int:
+    from bot.evals import retrieval
+    from bot.retrieve import Embedder, Retriever
+
+    cases = retrieval.load_cases(args.cases or DEFAULT_RETRIEVAL_CASES, args.lang)
+    retriever = Retriever(config.retrieve.index_dir, Embedder())
+    outcomes = retrieval.run(retriever, cases, progress=not args.quiet)
+    print(f"{len(cases)} cases; index {retriever.fingerprint}", file=sys.stderr)
+    print(retrieval.report(outcomes, examples=args.examples))
+    if args.out:
+        for path in retrieval.write(outcomes, args.out):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0

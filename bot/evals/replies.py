@@ -12,7 +12,10 @@ it should repeat. Each case runs through the real pipeline; the reply is scored 
   matches the reply but not the curated answer of the entries it used;
 - specifics: every listed specific appears in the reply.
 
-Figures per language and per reply source (curated / composed / generated / fallback).
+A turn the bot declines ("I couldn't find an answer" + the offer of a person) or hands to a
+person is counted as **abstained**: it states no fact and contradicts nothing; the
+deciding-fact rate is over the turns it answered. Figures per language and per reply source
+(curated / composed / generated / fallback / message).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from bot.localize import locality_for
 from bot.pipeline import Pipeline, TurnContext, TurnResult
 
 FAILURES = ("contradiction", "missing_fact", "echo", "promise")
+COLUMNS = ("n", "answered", "faithful", *FAILURES, "abstained", "specifics", "right_faq")
 
 
 @dataclass(frozen=True)
@@ -63,10 +67,20 @@ class Score:
     echo: bool = False
     promise: list[str] = field(default_factory=list)
     specifics_missing: list[str] = field(default_factory=list)
+    abstained: bool = False  # "no answer" + the offer of a person: no fact stated
 
     @property
     def faithful(self) -> bool:
-        return not (self.contradiction or self.missing_fact or self.echo or self.promise)
+        """Answered, with the deciding fact, and nothing false, echoed or promised."""
+        failed = self.contradiction or self.missing_fact or self.echo or self.promise
+        return not self.abstained and not failed
+
+    @property
+    def harmless(self) -> bool:
+        """Faithful, or an honest "no answer": nothing the customer reads is wrong."""
+        return not (self.contradiction or self.echo or self.promise) and (
+            self.abstained or not self.missing_fact
+        )
 
     def failures(self) -> list[str]:
         return [name for name in FAILURES if getattr(self, name)]
@@ -129,6 +143,8 @@ def score(case: Case, result: TurnResult, pipeline: Pipeline) -> Score:
     flags = re.IGNORECASE | re.MULTILINE
     where = locality_for(pipeline.knowledge, case.language, market=case.market)
     curated = [pipeline.localizer.curated(f, where) or "" for f in result.faq_ids]
+    # "No answer" with the offer of a person, or the person itself: no fact stated.
+    abstained = result.source == "message" and (result.handoff or not result.faq_ids)
     lexicon = pipeline.checker.lexicons.get(case.language)
     promises = []
     if lexicon is not None:
@@ -146,10 +162,11 @@ def score(case: Case, result: TurnResult, pipeline: Pipeline) -> Score:
         faq_ids=result.faq_ids,
         right_faq=any(f in case.faq for f in result.faq_ids),
         contradiction=[p for p in case.deny if re.search(p, reply, flags)],
-        missing_fact=[p for p in case.state if not re.search(p, reply, flags)],
+        missing_fact=[] if abstained else [p for p in case.state if not re.search(p, reply, flags)],
         echo=is_echo(reply, case.text),
         promise=promises,
-        specifics_missing=[s for s in case.specifics if s not in reply],
+        specifics_missing=[] if abstained else [s for s in case.specifics if s not in reply],
+        abstained=abstained,
     )
 
 
@@ -179,11 +196,17 @@ def summarize(scores: Sequence[Score]) -> dict[str, dict[str, dict[str, float]]]
 
 
 def _rates(items: Sequence[Score]) -> dict[str, float]:
+    """Rates over all turns, except the deciding fact and specifics: over answered turns."""
     n = len(items)
-    rates = {"n": float(n), "faithful": sum(s.faithful for s in items) / n}
+    answered = [s for s in items if not s.abstained]
+    rates = {"n": float(n), "answered": len(answered) / n}
+    rates["faithful"] = sum(s.faithful for s in answered) / max(1, len(answered))
     for name in FAILURES:
-        rates[name] = sum(bool(getattr(s, name)) for s in items) / n
-    rates["specifics"] = sum(not s.specifics_missing for s in items) / n
+        pool = answered if name == "missing_fact" else items
+        rates[name] = sum(bool(getattr(s, name)) for s in pool) / max(1, len(pool))
+    rates["abstained"] = (n - len(answered)) / n
+    rates["harmless"] = sum(s.harmless for s in items) / n
+    rates["specifics"] = sum(not s.specifics_missing for s in answered) / max(1, len(answered))
     rates["right_faq"] = sum(s.right_faq for s in items) / n
     return rates
 
@@ -191,16 +214,19 @@ def _rates(items: Sequence[Score]) -> dict[str, float]:
 def report(scores: Sequence[Score], *, examples: int = 12) -> str:
     """A plain-text report: a table per axis, then failing examples."""
     summary = summarize(scores)
-    cols = ("n", "faithful", *FAILURES, "specifics", "right_faq")
-    lines = []
+    cols = (*COLUMNS, "harmless")
+    lines = [
+        "faithful, missing_fact, specifics: of the answered turns; the rest: of all turns",
+        "",
+    ]
     for axis, rows in summary.items():
-        lines.append(f"{'by ' + axis:14}" + "".join(f"{c:>14}" for c in cols))
+        lines.append(f"{'by ' + axis:12}" + "".join(f"{c:>14}" for c in cols))
         for key, rates in rows.items():
             cells = [f"{int(rates['n']):>14}"] + [f"{rates[c] * 100:13.1f}%" for c in cols[1:]]
-            lines.append(f"{key:14}" + "".join(cells))
+            lines.append(f"{key:12}" + "".join(cells))
         lines.append("")
-    failing = [s for s in scores if not s.faithful]
-    lines.append(f"unfaithful replies: {len(failing)} of {len(scores)}")
+    failing = [s for s in scores if not s.harmless]
+    lines.append(f"answered unfaithfully: {len(failing)} of {len(scores)}")
     for s in failing[:examples]:
         lines.append(f"- {s.case} [{s.source}] {', '.join(s.failures())}: {s.text!r}")
         lines.append(f"    -> {s.reply[:160]!r}")

@@ -192,6 +192,13 @@ class PrivacyConfig:
     redact: bool = True
     # The stored customer message keeps the original text for agents; false: redacted too.
     keep_original: bool = True
+    # Conversations idle longer than this many days are deleted (`bot data purge`, and the
+    # server once a day); 0 keeps them.
+    retention_days: float = 0
+
+    def __post_init__(self) -> None:
+        if self.retention_days < 0:
+            raise ConfigError("privacy.retention_days must be >= 0 (0 keeps conversations)")
 
 
 @dataclass(frozen=True)

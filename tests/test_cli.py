@@ -137,3 +137,28 @@ def test_index_is_rebuilt_only_when_knowledge_changed(
     (copy / META_FILE).write_text(json.dumps({**meta, "fingerprint": "other"}), "utf-8")
     assert not index_is_current(copy, knowledge)
     assert not index_is_current(tmp_path / "missing", knowledge)
+
+
+def test_data_erase_and_purge_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bot data erase --email` and `bot data purge` report what they deleted."""
+    import asyncio
+
+    from bot.config import DatabaseConfig
+    from bot.store import Store
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"
+
+    async def seed() -> None:
+        async with Store(DatabaseConfig(url=url)) as store:
+            await store.upgrade()
+            conv, _ = await store.create_conversation(language="en")
+            await store.accept_message(conv.id, "m1", "mail me at ann@example.com")
+
+    asyncio.run(seed())
+    assert main(["data", "erase", "--email", "ann@example.com", "--db", url]) == 0
+    assert "erased 1 conversation(s)" in capsys.readouterr().err
+    assert main(["data", "purge", "--older-than-days", "30", "--db", url]) == 0
+    assert "purged 0 conversation(s)" in capsys.readouterr().err
+    assert main(["data", "purge", "--db", url]) == 2  # no retention configured: refused

@@ -9,14 +9,15 @@ import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from bot.config import DatabaseConfig
 from bot.errors import SchemaOutOfDate
-from bot.store import Reply, Store
+from bot.store import Reply, Store, retention
 from bot.store.models import Conversation, Feedback, Message, TranslationMemoryEntry
 from bot.store.schema import drift, head_revision
 from bot.translate import normalize
@@ -241,7 +242,8 @@ async def test_reply_records_the_turn_on_both_messages(store: Store) -> None:
 
 
 async def test_handoff_queues_the_conversation_once(store: Store) -> None:
-    """A handoff reply queues the conversation; later messages are left to the human."""
+    """A handoff reply queues the conversation once; later messages stay the bot's to
+    answer while it waits (handoff.answer_while_queued), without leaving the queue."""
     conv, _ = await store.create_conversation(language="es")
     accepted = await store.accept_message(conv.id, "m1", "quiero hablar con una persona")
     events = await store.record_reply(
@@ -252,8 +254,9 @@ async def test_handoff_queues_the_conversation_once(store: Store) -> None:
     assert await store.request_handoff(conv.id, "customer_request", note="again") == []
     later = await store.accept_message(conv.id, "m2", "¿hola?")
     assert later.status == "queued"
-    assert later.message.replied  # not for the bot
-    assert await store.unreplied(conv.id) == []
+    assert not later.message.replied  # the bot may still answer FAQ questions
+    assert await store.unreplied(conv.id) == [later.message]
+    assert (await store.conversation(conv.id)).status == "queued"
     assert await store.handoffs(conv.id) == ["customer_request"]
 
 
@@ -336,3 +339,37 @@ async def test_a_seq_sent_but_not_stored_is_never_handed_out_again(empty_url: st
     async with Store(config) as store:
         again = await store.accept_message(conv.id, "m2", "are you there?")
     assert again.ack.seq == 3
+
+
+# -- retention and erasure ------------------------------------------------------------------
+
+
+async def test_erasure_by_email_removes_everything_of_that_customer(store: Store) -> None:
+    """`bot data erase --email` deletes the conversations where the customer gave that
+    address, with their messages and events; other customers' conversations stay."""
+    mine, _ = await store.create_conversation(language="de")
+    await store.accept_message(mine.id, "m1", "Bitte an Marie.Dupont@example.com antworten")
+    other, _ = await store.create_conversation(language="en")
+    await store.accept_message(other.id, "m1", "where is my parcel?")
+    assert await retention.conversations_of(store, "marie.dupont@EXAMPLE.com") == [mine.id]
+    assert await retention.erase(store, [mine.id]) == 1
+    assert await store.messages(mine.id) == []
+    assert await store.events_after(mine.id, 0) == []
+    assert [m["original_text"] for m in await store.messages(other.id)] == ["where is my parcel?"]
+
+
+async def test_conversations_past_retention_are_purged(store: Store) -> None:
+    """Conversations idle for longer than the retention are deleted; recent ones are kept."""
+    old, _ = await store.create_conversation(language="en")
+    await store.accept_message(old.id, "m1", "hello")
+    recent, _ = await store.create_conversation(language="en")
+    later = datetime.now(UTC) + timedelta(days=40)
+    async with store._write() as session:
+        await session.execute(
+            update(Conversation)
+            .where(Conversation.id == recent.id)
+            .values(updated_at=later - timedelta(days=1))
+        )
+    assert await retention.purge(store, 30, now=later) == 1
+    assert await store.messages(old.id) == []
+    assert (await store.conversation(recent.id)).id == recent.id

@@ -61,3 +61,32 @@ def test_a_bad_server_setting_stops_start_up(key: str, value: str, message: str)
     """A typo or an impossible limit is refused at start-up, naming the setting."""
     with pytest.raises(ConfigError, match=message):
         load_config(CONFIG, environ={f"BOT_SERVER__{key}": value})
+
+
+def test_the_handoff_and_console_settings_shipped_in_config_toml() -> None:
+    """Out of the box the bot answers FAQ questions while a customer waits for an agent,
+    offers a message after 5 minutes, and console logins last 12 hours."""
+    config = load_config(CONFIG, environ={})
+    assert config.handoff.answer_while_queued is True
+    assert config.handoff.queue_timeout == 300.0
+    console = config.console
+    assert (console.session_hours, console.secure_cookie) == (12.0, "auto")
+    assert (console.login_attempts, console.login_window) == (5, 300.0)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("BOT_HANDOFF__QUEUE_TIMEOUT", "0", "handoff.queue_timeout"),
+        ("BOT_HANDOFF__WAIT", "1", r"unknown key\(s\) \['wait'\]"),
+        ("BOT_CONSOLE__SECURE_COOKIE", "sometimes", "console.secure_cookie"),
+        ("BOT_CONSOLE__LOGIN_ATTEMPTS", "0", "console.login_attempts"),
+        ("BOT_CONSOLE__SESSION_HOURS", "-1", "console.session_hours"),
+    ],
+)
+def test_a_bad_handoff_or_console_setting_stops_start_up(
+    key: str, value: str, message: str
+) -> None:
+    """A console or handoff setting that cannot work is refused at start-up, named."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(CONFIG, environ={key: value})

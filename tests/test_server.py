@@ -295,19 +295,21 @@ async def test_a_message_stored_before_a_crash_is_answered_on_resume(app: App) -
 
 
 async def test_a_customer_can_ask_for_a_human(app: App) -> None:
-    """handoff.request queues the conversation; afterwards the bot stays silent."""
+    """handoff.request queues the conversation; while it waits the bot still answers FAQ
+    questions and the conversation stays queued."""
     async with chat(app) as client:
         welcome = await client.hello()
         await client.send(type="handoff.request")
         handoff, note = await client.recv(), await client.recv()
         await client.send(type="handoff.request")  # harmless
         await client.send(type="message", id="m1", text=RETURN_ES)
-        ack = await client.recv()
+        ack, reply = await client.recv(), await client.recv()
         await client.quiet()
+    assert reply["type"] == "reply" and reply["faq_ids"] == ["returns.start"]
     assert handoff == {"type": "handoff", "seq": 1, "reason": "customer_request"}
     assert note["type"] == "system"
     assert "support@meridiangoods.com" in note["text"]  # how to reach the team, in Spanish
-    assert "no puede responderte en este chat" in note["text"]
+    assert "te responderá aquí mismo" in note["text"]  # an agent answers in the chat
     assert ack["type"] == "ack"
     assert (await app.store.conversation(welcome["conversation"])).status == "queued"
 

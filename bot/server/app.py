@@ -15,8 +15,9 @@ import contextlib
 import logging
 from types import TracebackType
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
-from websockets.asyncio.server import Server, serve
+from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.frames import CloseCode
 
 from bot.config import Config
@@ -24,7 +25,9 @@ from bot.errors import ModelError
 from bot.llm import LLMClient
 from bot.pipeline import Pipeline
 from bot.server.admission import Admission
+from bot.server.agent import AGENT_PATH, AgentHandler, Desk
 from bot.server.chat import ChatHandler
+from bot.server.console import ConsoleRoutes, load_console
 from bot.server.http import CHAT_PATH, Routes, load_static
 from bot.server.metrics import Metrics
 from bot.server.rooms import Hub
@@ -108,6 +111,7 @@ class App:
             hub=self.hub,
             texts=texts,
             metrics=self.metrics,
+            answer_while_queued=config.handoff.answer_while_queued,
         )
         admission = self.admission = Admission(config.server, self.metrics)
         handler = ChatHandler(
@@ -120,6 +124,19 @@ class App:
             admission=admission,
             redact_stored=not config.privacy.keep_original,
         )
+        desk = self.desk = Desk(
+            store=self.store, hub=self.hub, texts=texts, queue_timeout=config.handoff.queue_timeout
+        )
+        agents = AgentHandler(
+            config=config, store=self.store, hub=self.hub, desk=desk,
+            pipeline=self.pipeline, texts=texts,
+        )  # fmt: skip
+        console = ConsoleRoutes(
+            config=config.console,
+            store=self.store,
+            admission=admission,
+            static=await asyncio.to_thread(load_console),
+        )
         routes = Routes(
             config=config.server,
             store=self.store,
@@ -128,9 +145,20 @@ class App:
             metrics=self.metrics,
             static=await asyncio.to_thread(load_static),
             engine_failure=lambda: self.engine_failure,
+            console=console,
         )
+
+        async def route(ws: ServerConnection) -> None:
+            if ws.request is not None and urlsplit(ws.request.path).path == AGENT_PATH:
+                admission.handshake_ended(ws)
+                await agents(ws)
+            else:
+                await handler(ws)
+
+        desk_task = asyncio.create_task(desk.run(), name="agent desk")
+        stack.push_async_callback(_cancel, desk_task)
         self._server = await serve(
-            handler,
+            route,
             config.server.host,
             config.server.port,
             process_request=routes,
@@ -211,3 +239,13 @@ class App:
     @property
     def chat_url(self) -> str:
         return self.url.replace("http://", "ws://", 1) + CHAT_PATH
+
+    @property
+    def agent_url(self) -> str:
+        return self.url.replace("http://", "ws://", 1) + AGENT_PATH
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

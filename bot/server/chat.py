@@ -3,6 +3,9 @@
     hello            -> welcome, then the stored events the client missed, in order
     message          -> stored with its ack event, ack sent, then a bot turn (bot.server.turns)
     handoff.request  -> the conversation is queued for a human: handoff + system events
+    handoff.cancel   -> a pending handoff is taken back: handoff.cancelled + system
+    ticket           -> (queued) a message left for the team: ticket, back to the bot
+    typing           -> the customer is writing: told to the agents following it only
 
 Frames that break the protocol get an ``error`` event and the connection stays open; the
 socket is closed with 1000 after ``idle_timeout`` seconds without a frame. Limits
@@ -108,8 +111,14 @@ class Session:
                 raise ProtocolError("send hello first", code="not_ready")
             elif isinstance(frame, protocol.Message):
                 await self.message(self.room, frame)
-            else:
+            elif isinstance(frame, protocol.HandoffRequest):
                 await self.handoff(self.room)
+            elif isinstance(frame, protocol.HandoffCancel):
+                await self.cancel(self.room)
+            elif isinstance(frame, protocol.TicketFrame):
+                await self.ticket(self.room, frame)
+            else:
+                self.room.notify({"type": "customer.typing", "conversation": self.room.id})
         except ProtocolError as exc:
             self.quiet.log(
                 log, logging.DEBUG, exc.code, "refused frame from %s: %s", self.address, exc
@@ -171,7 +180,7 @@ class Session:
 
     async def answer_pending(self, room: Room, conv: ConversationInfo) -> None:
         """Customer messages stored but never answered (the server stopped mid-turn)."""
-        if conv.status == "bot":
+        if self.shared.turns.bot_answers(conv.status):
             for message in await self.shared.store.unreplied(conv.id):
                 self.shared.turns.schedule(room, message)
 
@@ -195,7 +204,11 @@ class Session:
                 await self.send(accepted.ack.frame())
         if accepted.created:
             self.shared.metrics.messages.labels("customer").inc()
-        if accepted.status == "bot" and not accepted.message.replied:
+            if accepted.status == "queued":
+                self.shared.hub.queue_changed.set()  # the queue shows the latest message
+        if not accepted.message.replied or (accepted.created and accepted.status == "agent"):
+            # The bot answers it, or (an agent has the conversation) it is annotated with
+            # its language and English pivot for the agent (bot.server.turns).
             self.shared.turns.schedule(room, accepted.message)
 
     async def handoff(self, room: Room) -> None:
@@ -206,6 +219,32 @@ class Session:
             room.send_events(events)
         if events:
             self.shared.metrics.handoffs.labels(CUSTOMER_HANDOFF).inc()
+            self.shared.hub.queue_changed.set()
+
+    async def cancel(self, room: Room) -> None:
+        self.shared.admission.spend(room.id, self.address)
+        note = self.shared.texts.message("handoff_cancelled", self.language, self.locale)
+        async with room.emit_lock:
+            events = await self.shared.store.cancel_handoff(room.id, note)
+            room.send_events(events)
+        if events:
+            self.shared.hub.queue_changed.set()
+
+    async def ticket(self, room: Room, frame: protocol.TicketFrame) -> None:
+        self.shared.admission.spend(room.id, self.address)
+        text = frame.text.strip()
+        if not text or len(text) > self.shared.config.max_message_chars:
+            raise ProtocolError("'ticket' needs a text of a message's length")
+        conv = await self.shared.store.conversation(room.id)
+        if conv.status != "queued":
+            raise ProtocolError("no handoff is pending", code="not_ready")
+        if self.shared.redact_stored:
+            text = redact(text).text
+        note = self.shared.texts.message("ticket_received", self.language, self.locale)
+        async with room.emit_lock:
+            events = await self.shared.store.add_ticket(room.id, self.language, text, note)
+            room.send_events(events)
+        self.shared.hub.queue_changed.set()
 
     # -- sending ----------------------------------------------------------------------------
 

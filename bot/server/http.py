@@ -6,6 +6,7 @@ GET /widget/i18n/LL.json    the widget's UI strings (CORS: any origin)
 GET /healthz                JSON: database, model engine, FAQ index fingerprint
 GET /metrics                Prometheus text format
 GET /ws/chat                the chat socket (origin checked; bot.server.chat)
+/console, /console/*, /ws/agent   the agent console (bot.server.console)
 anything else               404
 """
 
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection
@@ -33,6 +35,9 @@ from bot.server.metrics import Metrics
 from bot.server.protocol import encode
 from bot.server.ratelimit import LogThrottle
 from bot.store import Store
+
+if TYPE_CHECKING:
+    from bot.server.console import ConsoleRoutes
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +86,7 @@ class Routes:
     metrics: Metrics
     static: dict[str, bytes]
     engine_failure: Callable[[], str | None] = lambda: None  # why the embedded engine is down
+    console: ConsoleRoutes | None = None
     _i18n: dict[str, bytes] = field(default_factory=dict)
     _quiet: LogThrottle = field(default_factory=LogThrottle)
 
@@ -88,6 +94,8 @@ class Routes:
         path = urlsplit(request.path).path
         if path == CHAT_PATH:
             return self.check_origin(request)  # None: go on with the WebSocket handshake
+        if self.console is not None and self.console.handles(path):
+            return await self.console(connection, request, path)
         if path in self.static:
             content_type = STATIC_FILES[path][1]
             return response(HTTPStatus.OK, self.static[path], content_type, cors=path != "/")

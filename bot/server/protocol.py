@@ -1,9 +1,11 @@
 """The customer chat protocol, version 1 (docs/protocol.md): client frames parsed into
 values, server frames built from values. No I/O here.
 
-Client frames (``->``): ``hello``, ``message``, ``handoff.request``.
+Client frames (``->``): ``hello``, ``message``, ``handoff.request``, ``handoff.cancel``,
+``ticket``, ``typing``.
 Server events (``<-``): ``welcome``, ``ack``, ``typing``, ``reply.delta``, ``reply``,
-``handoff``, ``agent.joined``, ``agent.message``, ``agent.left``, ``system``, ``error``.
+``handoff``, ``handoff.cancelled``, ``handoff.timeout``, ``agent.joined``,
+``agent.message``, ``agent.left``, ``system``, ``error``.
 The widget (bot/static/widget.js) mirrors these.
 """
 
@@ -31,7 +33,17 @@ _UNSTORED = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]"
 
 # Events kept in the replay log; the others are sent once and never replayed.
 STORED_EVENTS = frozenset(
-    {"ack", "reply", "handoff", "agent.joined", "agent.message", "agent.left", "system"}
+    {
+        "ack",
+        "reply",
+        "handoff",
+        "handoff.cancelled",
+        "handoff.timeout",
+        "agent.joined",
+        "agent.message",
+        "agent.left",
+        "system",
+    }
 )
 TRANSIENT_EVENTS = frozenset({"typing", "reply.delta"})
 
@@ -65,7 +77,24 @@ class HandoffRequest:
     pass
 
 
-ClientFrame = Hello | Message | HandoffRequest
+@dataclass(frozen=True)
+class HandoffCancel:
+    pass
+
+
+@dataclass(frozen=True)
+class TicketFrame:
+    """A message left for the team when no agent claimed the handoff in time."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Typing:
+    pass
+
+
+ClientFrame = Hello | Message | HandoffRequest | HandoffCancel | TicketFrame | Typing
 
 
 def parse(data: str | bytes) -> ClientFrame:
@@ -93,6 +122,12 @@ def parse(data: str | bytes) -> ClientFrame:
         return Message(id=message_id, text=clean_text(_string(frame, "text", allow_empty=True)))
     if kind == "handoff.request":
         return HandoffRequest()
+    if kind == "handoff.cancel":
+        return HandoffCancel()
+    if kind == "ticket":
+        return TicketFrame(clean_text(_string(frame, "text")))
+    if kind == "typing":
+        return Typing()
     raise ProtocolError(f"unknown frame type {kind[:40]!r}", code="unknown_type")
 
 

@@ -5,7 +5,10 @@ and ``Hub.release`` count them). Every event of a
 conversation is numbered and sent under the room's ``emit_lock``, so events reach every
 socket in ``seq`` order; ``turn_lock`` lets one bot turn run at a time.
 
-Several tabs resuming the same conversation share its room and all see its events. Rooms
+Several tabs resuming the same conversation share its room and all see its events. Agent
+console sockets following a conversation are its ``watchers``: they get every event wrapped
+as ``conversation.event`` (bot.server.agent). ``Hub.agents`` are all console sockets;
+``Hub.queue_changed`` wakes the desk that sends them the queue. Rooms
 of other processes are out of reach: fanning out across processes (Redis pub/sub, or
 PostgreSQL LISTEN/NOTIFY) is future work.
 """
@@ -29,6 +32,7 @@ class Room:
     turn_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     sockets: set[ServerConnection] = field(default_factory=set)
     in_flight: set[str] = field(default_factory=set)  # client ids with a turn queued or running
+    watchers: set[ServerConnection] = field(default_factory=set)  # agent console sockets
     users: int = 0
 
     def send(self, frame: dict[str, Any]) -> None:
@@ -38,6 +42,12 @@ class Room:
         ping timeouts drop sockets that stop reading.
         """
         broadcast(self.sockets, encode(frame))
+        self.notify({"type": "conversation.event", "conversation": self.id, "event": frame})
+
+    def notify(self, frame: dict[str, Any]) -> None:
+        """Push an agent-protocol frame to the agents following the conversation."""
+        if self.watchers:
+            broadcast(self.watchers, encode(frame))
 
     def send_events(self, events: list[StoredEvent]) -> None:
         for event in events:
@@ -47,6 +57,11 @@ class Room:
 class Hub:
     def __init__(self) -> None:
         self._rooms: dict[str, Room] = {}
+        self.agents: set[ServerConnection] = set()
+        self.queue_changed = asyncio.Event()
+
+    def get(self, conversation_id: str) -> Room | None:
+        return self._rooms.get(conversation_id)
 
     def acquire(self, conversation_id: str) -> Room:
         """The conversation's room; every ``acquire`` is paired with one ``release``."""

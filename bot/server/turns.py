@@ -4,6 +4,11 @@ A turn: ``typing`` -> ``pipeline.answer`` (streamed pieces as ``reply.delta``) -
 stored with its ``reply`` event (and ``handoff`` when the pipeline hands over) -> sent.
 A failing turn is logged and answered with ``error`` ``internal``; the message stays
 unanswered, so the customer can send it again (same id) and a later resume retries it.
+
+Who answers follows the conversation's status: ``bot`` the bot; ``queued`` the bot too
+when ``handoff.answer_while_queued`` (only replies that answer, never a second handoff
+offer; the queue place is kept); ``agent`` and ``closed`` nobody here. A message the bot
+does not answer is still annotated (detected language, English pivot) for the console.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import logging
 import time
 from typing import Any
 
+from bot.errors import LLMError, TranslationError
 from bot.handoff import Asked
+from bot.localize import language_of
 from bot.pipeline import Pipeline, TurnContext, TurnResult
 from bot.server.metrics import Metrics
 from bot.server.protocol import error
@@ -29,8 +36,16 @@ HISTORY_MESSAGES = 6
 
 class Turns:
     def __init__(
-        self, *, store: Store, pipeline: Pipeline, hub: Hub, texts: Texts, metrics: Metrics
+        self,
+        *,
+        store: Store,
+        pipeline: Pipeline,
+        hub: Hub,
+        texts: Texts,
+        metrics: Metrics,
+        answer_while_queued: bool = True,
     ) -> None:
+        self.answer_while_queued = answer_while_queued
         self.store = store
         self.pipeline = pipeline
         self.hub = hub
@@ -69,10 +84,10 @@ class Turns:
         try:
             async with room.turn_lock:
                 conv = await self.store.conversation(room.id)
-                if conv.status != "bot":  # a human took over while this waited
-                    await self.store.mark_replied(message.id)
-                    return
-                await self._answer(room, conv, message)
+                if self.bot_answers(conv.status):
+                    await self._answer(room, conv, message)
+                else:  # a human has it (or took over while this waited)
+                    await self._annotate(room, conv, message)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -85,9 +100,32 @@ class Turns:
             room.in_flight.discard(key)
             self.hub.release(room)
 
+    def bot_answers(self, status: str) -> bool:
+        return status == "bot" or (status == "queued" and self.answer_while_queued)
+
+    async def _annotate(self, room: Room, conv: ConversationInfo, message: StoredMessage) -> None:
+        """No bot reply: record the message's language and English pivot for the agent."""
+        hint = language_of(conv.locale)
+        detection = await asyncio.to_thread(
+            self.pipeline.detector.detect, message.text, current=conv.language, hint=hint
+        )
+        pivot = await self.pivot(message.text, detection.language)
+        await self.store.annotate_message(message.id, detection.language, pivot)
+        room.notify({"type": "transcript.changed", "conversation": room.id})
+
+    async def pivot(self, text: str, language: str) -> str | None:
+        try:
+            pivot_lang = self.pipeline.config.shop.pivot
+            return (await self.pipeline.translator.translate(text, language, pivot_lang)).text
+        except (LLMError, TranslationError) as exc:
+            log.info("no pivot for a message to an agent: %s", exc)
+            return None
+
     async def _answer(self, room: Room, conv: ConversationInfo, message: StoredMessage) -> None:
         started = time.perf_counter()
-        await self._transient(room, "typing", who="bot")
+        queued = conv.status == "queued"
+        if not queued:
+            await self._transient(room, "typing", who="bot")
         history = await self.store.history(
             room.id, before_seq=message.seq or 0, limit=HISTORY_MESSAGES
         )
@@ -108,12 +146,21 @@ class Turns:
         async def on_delta(piece: str) -> None:
             await self._transient(room, "reply.delta", text=piece, reply_to=message.client_id)
 
-        result = await self.pipeline.answer(message.text, context, on_delta=on_delta)
+        # While queued only a real answer is sent: nothing streams before that is known.
+        result = await self.pipeline.answer(
+            message.text, context, on_delta=None if queued else on_delta
+        )
+        if queued and (result.handoff or not result.answered):
+            await self.store.annotate_message(message.id, result.language, result.pivot)
+            room.notify({"type": "transcript.changed", "conversation": room.id})
+            return
         async with room.emit_lock:
             events = await self.store.record_reply(
                 room.id, message.id, message.client_id, _reply(result)
             )
             room.send_events(events)
+        if any(event.type == "handoff" for event in events):
+            self.hub.queue_changed.set()
         self.metrics.turn(result, time.perf_counter() - started)
 
     async def _transient(self, room: Room, kind: str, **payload: Any) -> None:

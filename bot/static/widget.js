@@ -23,7 +23,8 @@
  *
  * DOM hooks: #mg-chat root, button.mg-launcher (.mg-badge), .mg-panel[role=dialog],
  * .mg-log[role=log] with .mg-msg[data-role=customer|bot|agent|system][data-seq],
- * textarea.mg-input, button.mg-send, button.mg-human, .mg-typing, .mg-status.
+ * textarea.mg-input, button.mg-send, button.mg-human, button.mg-cancel, button.mg-leave,
+ * .mg-typing, .mg-status.
  * Message text is only ever set with textContent. Protocol: docs/protocol.md.
  */
 (() => {
@@ -44,6 +45,9 @@
     input_placeholder: 'Type your message…',
     send: 'Send',
     talk_to_human: 'Talk to a human',
+    cancel_handoff: 'Cancel request',
+    leave_message: 'Leave a message',
+    back_to_bot: 'Back to the assistant',
     close: 'Close chat',
     minimize: 'Minimize chat',
     connecting: 'Connecting…',
@@ -106,6 +110,7 @@
     byId: new Map(),     // client id -> customer bubble
     streams: new Map(),  // reply_to -> bot bubble being streamed
     lastSentId: null, handoffQueued: false, handoff: false, agent: null,
+    timedOut: false, ticketMode: false, typingSentAt: 0,
     open: false, unread: 0, status: 'idle', typingWho: null,
   };
   const el = {};  // DOM references, filled by build()
@@ -237,7 +242,7 @@
     ]);
     el.input = h('textarea', {
       id: 'mg-input', class: 'mg-input', rows: '1', autocomplete: 'off', enterkeyhint: 'send',
-      onkeydown: onInputKey, oninput: autosize,
+      onkeydown: onInputKey, oninput: onInput,
     });
     el.send = h('button', { type: 'submit', class: 'mg-send', 'data-mg-aria': 'send' }, [icon('send')]);
     const composer = h('form', { class: 'mg-composer', onsubmit: onSubmit }, [
@@ -246,10 +251,19 @@
     el.human = h('button', {
       type: 'button', class: 'mg-human', 'data-mg-t': 'talk_to_human', onclick: requestHuman,
     });
+    // While queued: take the request back; after handoff.timeout: leave a message instead.
+    el.cancel = h('button', {
+      type: 'button', class: 'mg-action mg-cancel', 'data-mg-t': 'cancel_handoff', hidden: true,
+      onclick: () => sendFrame({ type: 'handoff.cancel' }),
+    });
+    el.leave = h('button', {
+      type: 'button', class: 'mg-action mg-leave', 'data-mg-t': 'leave_message', hidden: true,
+      onclick: startTicket,
+    });
 
     el.panel = h('div', {
       id: 'mg-panel', class: 'mg-panel', role: 'dialog', 'data-mg-aria': 'title', hidden: true,
-    }, [header, el.status, el.log, el.typing, composer, h('div', { class: 'mg-actions' }, [el.human])]);
+    }, [header, el.status, el.log, el.typing, composer, h('div', { class: 'mg-actions' }, [el.human, el.cancel, el.leave])]);
 
     el.root = h('div', {
       id: 'mg-chat', 'data-theme': THEME, 'data-position': POSITION, style: 'visibility:hidden',
@@ -282,6 +296,13 @@
     el.subtitle.textContent = S.agent ? `${S.agent} · ${S.ui.agent}` : '';
     const busy = S.handoff || !!S.agent || S.handoffQueued;
     el.human.setAttribute('aria-disabled', String(busy));
+    const waiting = S.handoff && !S.agent;
+    el.human.hidden = waiting;
+    el.cancel.hidden = !waiting;
+    el.cancel.textContent = S.timedOut ? S.ui.back_to_bot : S.ui.cancel_handoff;
+    el.leave.hidden = !(waiting && S.timedOut);
+    el.leave.setAttribute('aria-pressed', String(S.ticketMode));
+    el.input.placeholder = S.ticketMode ? S.ui.leave_message : S.ui.input_placeholder;
   }
   function setStatus(state) {
     S.status = state;
@@ -448,13 +469,17 @@
       countUnread(live);
     },
     handoff() { S.handoff = true; renderHeader(); },
+    'handoff.cancelled'() {
+      S.handoff = false; S.timedOut = false; S.ticketMode = false; renderHeader();
+    },
+    'handoff.timeout'() { S.timedOut = true; renderHeader(); },
     'agent.joined'(ev) { S.agent = ev.agent || S.ui.agent; renderHeader(); },
     'agent.message'(ev, live) {
       hideTyping();
       addMessage('agent', ev.text, { seq: ev.seq, lang: ev.lang, name: ev.agent || S.agent });
       countUnread(live);
     },
-    'agent.left'() { S.agent = null; S.handoff = false; renderHeader(); },
+    'agent.left'() { S.agent = null; S.handoff = false; S.timedOut = false; renderHeader(); },
     system(ev) { addMessage('system', ev.text, { seq: ev.seq }); },
   };
   function countUnread(live) {
@@ -553,6 +578,12 @@
   function send(text) {
     const clean = String(text == null ? '' : text).trim();
     if (!clean) return false;
+    if (S.ticketMode && S.ready && sendFrame({ type: 'ticket', text: clean })) {
+      S.ticketMode = false;
+      addMessage('customer', clean, { atEnd: true });
+      renderHeader();
+      return true;
+    }
     const id = newId();
     queue(id, clean);
     start();
@@ -564,6 +595,20 @@
     S.byId.set(id, node);
     S.outbox.set(id, { id, text, el: node });
     saveSession();
+  }
+  function startTicket() {
+    S.ticketMode = !S.ticketMode;
+    renderHeader();
+    el.input.focus();
+  }
+  /** Tell the agent the customer is writing (at most every 3 s; never to the bot). */
+  function onInput() {
+    autosize();
+    const now = Date.now();
+    if (S.agent && S.ready && el.input.value && now - S.typingSentAt > 3000) {
+      S.typingSentAt = now;
+      sendFrame({ type: 'typing' });
+    }
   }
   function requestHuman() {
     if (el.human.getAttribute('aria-disabled') === 'true') return;

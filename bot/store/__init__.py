@@ -4,11 +4,19 @@ and feedback, in SQLite (default) or PostgreSQL. ``Store`` is the only way in.""
 from __future__ import annotations
 
 from bot.store.engine import resolve_url
-from bot.store.records import Accepted, ConversationInfo, Reply, StoredEvent, StoredMessage
+from bot.store.records import (
+    Accepted,
+    AgentInfo,
+    ConversationInfo,
+    Reply,
+    StoredEvent,
+    StoredMessage,
+)
 from bot.store.store import Store
 
 __all__ = [
     "Accepted",
+    "AgentInfo",
     "ConversationInfo",
     "Reply",
     "Store",

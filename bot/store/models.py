@@ -37,6 +37,7 @@ NAMING_CONVENTION = {
 STATUSES = ("bot", "queued", "agent", "closed")
 ROLES = ("customer", "bot", "agent", "system")
 ORIGINS = ("curated", "agent")
+AGENT_ROLES = ("agent", "admin")
 
 
 def utcnow() -> datetime:
@@ -64,6 +65,8 @@ class Conversation(Base):
     status: Mapped[str] = mapped_column(String(8), default="bot")
     last_seq: Mapped[int] = mapped_column(Integer, default=0)
     no_answer_streak: Mapped[int] = mapped_column(Integer, default=0)
+    # The agent who owns the conversation while ``status`` is ``agent``.
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
@@ -120,12 +123,58 @@ class Message(Base):
 
 class Agent(Base):
     __tablename__ = "agents"
+    __table_args__ = (CheckConstraint(_in("role", AGENT_ROLES), name="role"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(80), unique=True)
     languages: Mapped[list[Any]] = mapped_column(JSON, default=list)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    password_hash: Mapped[str | None] = mapped_column(String(200))  # bot.auth: scrypt$...
+    role: Mapped[str] = mapped_column(String(8), default="agent")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AgentSession(Base):
+    """A console login: the cookie holds the token, the row its hash (revocable)."""
+
+    __tablename__ = "agent_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AgentNote(Base):
+    """An internal note on a conversation: shown to agents, never sent to the customer."""
+
+    __tablename__ = "agent_notes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), index=True
+    )
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"))
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Ticket(Base):
+    """A message left by a customer whom no agent claimed in time."""
+
+    __tablename__ = "tickets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), index=True
+    )
+    language: Mapped[str] = mapped_column(String(8))
+    text: Mapped[str] = mapped_column(Text)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -141,6 +190,8 @@ class Handoff(Base):
     queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the customer was told nobody claimed it within handoff.queue_timeout.
+    timed_out_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class TranslationMemoryEntry(Base):

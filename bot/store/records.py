@@ -15,6 +15,7 @@ class ConversationInfo:
     status: str  # bot | queued | agent | closed
     last_seq: int
     no_answer_streak: int
+    agent_id: int | None = None  # the agent who owns it while status is "agent"
 
 
 @dataclass(frozen=True)
@@ -60,3 +61,15 @@ class Reply:
     reply_pivot: str | None = None  # the reply in the pivot language
     handoff_reason: str | None = None
     trace: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    id: int
+    name: str
+    role: str  # agent | admin
+    active: bool
+
+    @property
+    def admin(self) -> bool:
+        return self.role == "admin"

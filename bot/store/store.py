@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import secrets
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
@@ -33,16 +34,27 @@ from bot.errors import StoreError
 from bot.store import schema
 from bot.store.engine import create_engine, is_sqlite
 from bot.store.models import (
+    Agent,
+    AgentNote,
+    AgentSession,
     Base,
     Conversation,
     Event,
     Feedback,
     Handoff,
     Message,
+    Ticket,
     TranslationMemoryEntry,
     utcnow,
 )
-from bot.store.records import Accepted, ConversationInfo, Reply, StoredEvent, StoredMessage
+from bot.store.records import (
+    Accepted,
+    AgentInfo,
+    ConversationInfo,
+    Reply,
+    StoredEvent,
+    StoredMessage,
+)
 
 MAX_TOKEN_CHARS = 100
 # Hot paths write through Core tables: no unit-of-work bookkeeping per statement.
@@ -242,8 +254,14 @@ class Store:
                 ack = StoredEvent(old.seq or 0, "ack", {"id": client_id, "text": old.original_text})
                 return Accepted(_message(old), ack, created=False, status=status or "closed")
             seq, status = await self._allocate_with_status(session, cid)
-            # While a human owns the conversation the bot leaves the message to them.
-            replied = status != "bot"
+            if status == "closed":  # a closed conversation starts again with the bot
+                await session.execute(
+                    update(CONVERSATIONS).where(CONVERSATIONS.c.id == cid).values(status="bot")
+                )
+                status = "bot"
+            # While a human owns the conversation the bot leaves the message to them
+            # (queued: the bot may still answer, see bot.server.turns).
+            replied = status not in ("bot", "queued")
             message_id = await session.scalar(
                 insert(MESSAGES)
                 .values(
@@ -505,6 +523,360 @@ class Store:
             )
             return [{c.key: getattr(r, c.key) for c in Message.__table__.columns} for r in rows]
 
+    # -- agents and the console (bot/server/agent.py, bot/server/console.py) --------------
+    # Ownership moves in single conditional UPDATEs (``WHERE status = ...``): two agents
+    # claiming at once, or an agent and a customer's cancel, can never both win.
+
+    async def add_agent(self, name: str, password_hash: str, *, role: str = "agent") -> int:
+        async with self._write() as session:
+            row = Agent(
+                name=name,
+                password_hash=password_hash,
+                role=role,
+                languages=[],
+                token_hash=hash_token(secrets.token_urlsafe(24)),  # legacy column, unused
+                active=True,
+            )
+            session.add(row)
+            try:
+                await session.flush()
+            except IntegrityError:
+                raise StoreError(f"an agent named {name!r} exists already") from None
+            return row.id
+
+    async def agents(self) -> list[AgentInfo]:
+        async with self._session() as session:
+            rows = await session.scalars(select(Agent).order_by(Agent.name))
+            return [_agent(r) for r in rows]
+
+    async def agent_login(self, name: str) -> tuple[AgentInfo, str | None] | None:
+        """The agent called ``name`` and its password hash, active or not."""
+        async with self._session() as session:
+            row = await session.scalar(select(Agent).where(Agent.name == name))
+            return (_agent(row), row.password_hash) if row else None
+
+    async def set_agent_active(self, name: str, active: bool) -> bool:
+        """Enable or disable an agent; disabling revokes its console sessions."""
+        async with self._write() as session:
+            agent_id = await session.scalar(
+                update(Agent).where(Agent.name == name).values(active=active).returning(Agent.id)
+            )
+            if agent_id is None:
+                return False
+            if not active:
+                await session.execute(
+                    update(AgentSession)
+                    .where(AgentSession.agent_id == agent_id, AgentSession.revoked_at.is_(None))
+                    .values(revoked_at=utcnow())
+                )
+            return True
+
+    async def create_session(self, agent_id: int, lifetime: timedelta) -> tuple[str, str]:
+        """A new console session: (cookie token, CSRF token); only the token's hash is kept."""
+        token, csrf = "s_" + secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        async with self._write() as session:
+            session.add(
+                AgentSession(
+                    token_hash=hash_token(token),
+                    agent_id=agent_id,
+                    csrf_token=csrf,
+                    expires_at=utcnow() + lifetime,
+                )
+            )
+        return token, csrf
+
+    async def session_agent(self, token: str) -> tuple[AgentInfo, str] | None:
+        """The active agent and CSRF token of a live (unexpired, unrevoked) session."""
+        if not token or len(token) > MAX_TOKEN_CHARS:
+            return None
+        async with self._session() as session:
+            row = (
+                await session.execute(
+                    select(Agent, AgentSession.csrf_token, AgentSession.expires_at)
+                    .join(AgentSession, AgentSession.agent_id == Agent.id)
+                    .where(
+                        AgentSession.token_hash == hash_token(token),
+                        AgentSession.revoked_at.is_(None),
+                        Agent.active.is_(True),
+                    )
+                )
+            ).first()
+        if row is None or _aware(row[2]) <= utcnow():
+            return None
+        return _agent(row[0]), row[1]
+
+    async def revoke_session(self, token: str) -> None:
+        async with self._write() as session:
+            await session.execute(
+                update(AgentSession)
+                .where(AgentSession.token_hash == hash_token(token))
+                .values(revoked_at=utcnow())
+            )
+
+    async def queue(self, agent_id: int | None = None) -> list[dict[str, Any]]:
+        """Conversations waiting for an agent (oldest first), then those ``agent_id`` owns:
+        id, status, language, locale, reason, queued_at, timed_out, preview, agent_id."""
+        async with self._session() as session:
+            wanted = Conversation.status == "queued"
+            if agent_id is not None:
+                wanted = wanted | (
+                    (Conversation.status == "agent") & (Conversation.agent_id == agent_id)
+                )
+            convs = list(await session.scalars(select(Conversation).where(wanted)))
+            out = []
+            for conv in convs:
+                handoff = await session.scalar(
+                    select(Handoff)
+                    .where(Handoff.conversation_id == conv.id)
+                    .order_by(Handoff.id.desc())
+                    .limit(1)
+                )
+                preview = await session.scalar(
+                    select(Message.original_text)
+                    .where(Message.conversation_id == conv.id, Message.role == "customer")
+                    .order_by(Message.seq.desc())
+                    .limit(1)
+                )
+                queued_at = _aware(handoff.queued_at) if handoff else _aware(conv.updated_at)
+                out.append(
+                    {
+                        "conversation": conv.id,
+                        "status": conv.status,
+                        "lang": conv.language,
+                        "locale": conv.locale,
+                        "reason": handoff.reason if handoff else None,
+                        "queued_at": queued_at.isoformat(),
+                        "timed_out": bool(handoff and handoff.timed_out_at),
+                        "preview": (preview or "")[:200],
+                        "agent_id": conv.agent_id,
+                    }
+                )
+        out.sort(key=lambda c: (c["status"] != "queued", c["queued_at"]))
+        return out
+
+    async def claim(self, conversation_id: str, agent: AgentInfo, note: str) -> list[StoredEvent]:
+        """The agent takes a queued conversation: ``agent.joined`` and a ``system`` line.
+        Nothing when it is not (or no longer) queued: another agent was faster."""
+        cid = conversation_id
+        async with self._write() as session:
+            won = await session.scalar(
+                update(CONVERSATIONS)
+                .where(CONVERSATIONS.c.id == cid, CONVERSATIONS.c.status == "queued")
+                .values(status="agent", agent_id=agent.id)
+                .returning(CONVERSATIONS.c.id)
+            )
+            if won is None:
+                return []
+            await session.execute(
+                update(Handoff)
+                .where(Handoff.conversation_id == cid, Handoff.claimed_at.is_(None))
+                .values(agent_id=agent.id, claimed_at=utcnow())
+            )
+            seq = await self._allocate(session, cid, 2)
+            return [
+                await self._insert_event(session, cid, seq, "agent.joined", agent=agent.name),
+                await self._insert_event(session, cid, seq + 1, "system", text=note),
+            ]
+
+    async def hand_back(
+        self, conversation_id: str, agent: AgentInfo, status: str, note: str | None
+    ) -> list[StoredEvent]:
+        """The owning agent (or an admin) ends their part: ``status`` ``bot`` (release) or
+        ``closed``. ``agent.left`` and a ``system`` line with ``note``; [] when not owned."""
+        cid = conversation_id
+        owned = (CONVERSATIONS.c.id == cid) & (CONVERSATIONS.c.status == "agent")
+        if agent.role != "admin":
+            owned = owned & (CONVERSATIONS.c.agent_id == agent.id)
+        async with self._write() as session:
+            done = await session.scalar(
+                update(CONVERSATIONS)
+                .where(owned)
+                .values(status=status, agent_id=None, no_answer_streak=0)
+                .returning(CONVERSATIONS.c.id)
+            )
+            if done is None:
+                return []
+            await session.execute(
+                update(Handoff)
+                .where(Handoff.conversation_id == cid, Handoff.released_at.is_(None))
+                .values(released_at=utcnow())
+            )
+            seq = await self._allocate(session, cid, 2 if note else 1)
+            events = [await self._insert_event(session, cid, seq, "agent.left", agent=agent.name)]
+            if note:
+                events.append(await self._insert_event(session, cid, seq + 1, "system", text=note))
+            return events
+
+    async def reassign(self, conversation_id: str, to_agent: int) -> bool:
+        """An admin gives an agent-owned conversation to another active agent."""
+        async with self._write() as session:
+            return bool(
+                await session.scalar(
+                    update(CONVERSATIONS)
+                    .where(CONVERSATIONS.c.id == conversation_id, CONVERSATIONS.c.status == "agent")
+                    .values(agent_id=to_agent)
+                    .returning(CONVERSATIONS.c.id)
+                )
+            )
+
+    async def cancel_handoff(self, conversation_id: str, note: str | None) -> list[StoredEvent]:
+        """The customer takes back a pending handoff: ``handoff.cancelled`` (+ ``system``)."""
+        cid = conversation_id
+        async with self._write() as session:
+            done = await session.scalar(
+                update(CONVERSATIONS)
+                .where(CONVERSATIONS.c.id == cid, CONVERSATIONS.c.status == "queued")
+                .values(status="bot", no_answer_streak=0)
+                .returning(CONVERSATIONS.c.id)
+            )
+            if done is None:
+                return []
+            await session.execute(
+                update(Handoff)
+                .where(Handoff.conversation_id == cid, Handoff.released_at.is_(None))
+                .values(released_at=utcnow())
+            )
+            seq = await self._allocate(session, cid, 2 if note else 1)
+            events = [await self._insert_event(session, cid, seq, "handoff.cancelled")]
+            if note:
+                events.append(await self._insert_event(session, cid, seq + 1, "system", text=note))
+            return events
+
+    async def agent_message(
+        self,
+        conversation_id: str,
+        agent: AgentInfo,
+        *,
+        text: str,
+        source_lang: str,
+        delivered: str,
+        language: str,
+    ) -> StoredEvent | None:
+        """Store an agent's reply (what they wrote and what the customer reads) with its
+        ``agent.message`` event; None unless ``agent`` owns the conversation."""
+        cid = conversation_id
+        async with self._write() as session:
+            seq = await session.scalar(
+                update(CONVERSATIONS)
+                .where(
+                    CONVERSATIONS.c.id == cid,
+                    CONVERSATIONS.c.status == "agent",
+                    CONVERSATIONS.c.agent_id == agent.id,
+                )
+                .values(last_seq=CONVERSATIONS.c.last_seq + 1, updated_at=utcnow())
+                .returning(CONVERSATIONS.c.last_seq)
+            )
+            if seq is None:
+                return None
+            await session.execute(
+                insert(MESSAGES).values(
+                    conversation_id=cid,
+                    role="agent",
+                    seq=seq,
+                    original_text=text,
+                    pivot_text=text if source_lang == "en" else None,
+                    delivered_text=delivered,
+                    language=language,
+                    source=f"agent:{source_lang}",
+                    faq_ids=[],
+                    replied=True,
+                )
+            )
+            return await self._insert_event(
+                session, cid, seq, "agent.message", text=delivered, agent=agent.name, lang=language
+            )
+
+    async def record_events(
+        self, conversation_id: str, events: list[tuple[str, dict[str, Any]]]
+    ) -> list[StoredEvent]:
+        """Store server events (type, payload) with the next seqs, in order."""
+        async with self._write() as session:
+            seq = await self._allocate(session, conversation_id, len(events))
+            return [
+                await self._insert_event(session, conversation_id, seq + n, kind, **payload)
+                for n, (kind, payload) in enumerate(events)
+            ]
+
+    async def annotate_message(self, message_id: int, language: str, pivot: str | None) -> None:
+        """A customer message the bot did not answer: its detected language and pivot."""
+        async with self._write() as session:
+            await session.execute(
+                update(MESSAGES)
+                .where(MESSAGES.c.id == message_id)
+                .values(language=language, pivot_text=pivot, replied=True, replied_at=utcnow())
+            )
+
+    async def add_note(self, conversation_id: str, agent_id: int, text: str) -> dict[str, Any]:
+        async with self._write() as session:
+            row = AgentNote(conversation_id=conversation_id, agent_id=agent_id, text=text)
+            session.add(row)
+            await session.flush()
+            return {"id": row.id, "text": text, "created_at": _aware(row.created_at).isoformat()}
+
+    async def notes(self, conversation_id: str) -> list[dict[str, Any]]:
+        async with self._session() as session:
+            rows = await session.execute(
+                select(AgentNote.id, AgentNote.text, AgentNote.created_at, Agent.name)
+                .outerjoin(Agent, Agent.id == AgentNote.agent_id)
+                .where(AgentNote.conversation_id == conversation_id)
+                .order_by(AgentNote.id)
+            )
+            return [
+                {"id": r[0], "text": r[1], "created_at": _aware(r[2]).isoformat(), "agent": r[3]}
+                for r in rows
+            ]
+
+    async def overdue_handoffs(self, older_than: timedelta) -> list[str]:
+        """Queued conversations waiting longer than ``older_than`` whose customer has not
+        been told yet; they are marked told."""
+        cutoff = utcnow() - older_than
+        async with self._write() as session:
+            rows = await session.execute(
+                select(Handoff.id, Handoff.conversation_id, Handoff.queued_at)
+                .join(Conversation, Conversation.id == Handoff.conversation_id)
+                .where(
+                    Conversation.status == "queued",
+                    Handoff.claimed_at.is_(None),
+                    Handoff.released_at.is_(None),
+                    Handoff.timed_out_at.is_(None),
+                )
+            )
+            due = [(r[0], r[1]) for r in rows if _aware(r[2]) <= cutoff]
+            if due:
+                await session.execute(
+                    update(Handoff)
+                    .where(Handoff.id.in_([d[0] for d in due]))
+                    .values(timed_out_at=utcnow())
+                )
+            return [d[1] for d in due]
+
+    async def add_ticket(
+        self, conversation_id: str, language: str, text: str, note: str | None
+    ) -> list[StoredEvent]:
+        """The customer leaves a message instead of waiting: a ticket, the conversation
+        back with the bot, a ``handoff.cancelled`` and a ``system`` line with ``note``."""
+        events = await self.cancel_handoff(conversation_id, note)
+        if events:  # still queued: not claimed by an agent meanwhile
+            async with self._write() as session:
+                session.add(Ticket(conversation_id=conversation_id, language=language, text=text))
+        return events
+
+    async def tickets(self) -> list[dict[str, Any]]:
+        async with self._session() as session:
+            rows = await session.scalars(
+                select(Ticket).where(Ticket.closed_at.is_(None)).order_by(Ticket.id)
+            )
+            return [
+                {
+                    "id": r.id,
+                    "conversation": r.conversation_id,
+                    "lang": r.language,
+                    "text": r.text,
+                    "created_at": _aware(r.created_at).isoformat(),
+                }
+                for r in rows
+            ]
+
     # -- replay exports (bot/replay) ------------------------------------------------------
     # Read-only queries for `bot replay list|record`; nothing above depends on them. A
     # conversation's log itself is read with `conversation`, `events_after` and `messages`.
@@ -547,7 +919,17 @@ def _info(row: Conversation) -> ConversationInfo:
         status=row.status,
         last_seq=row.last_seq,
         no_answer_streak=row.no_answer_streak,
+        agent_id=row.agent_id,
     )
+
+
+def _agent(row: Agent) -> AgentInfo:
+    return AgentInfo(id=row.id, name=row.name, role=row.role, active=row.active)
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands timestamps back naive; they were written in UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _message(row: Message) -> StoredMessage:

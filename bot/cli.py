@@ -101,10 +101,12 @@ def _parser() -> argparse.ArgumentParser:
     from bot.replay import cli as replay_cli
     from bot.server import cli as server_cli
     from bot.server import console_cli
+    from bot.store import cli as store_cli
 
     model_cli.register(sub)
     server_cli.register(sub)
     eval_cli.register(sub)
+    store_cli.register(sub)
     replay_cli.register(sub)
     console_cli.register(sub)
     return parser

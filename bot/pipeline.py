@@ -389,6 +389,15 @@ class Pipeline:
             answered=top is not None, handoff_reason=decision.reason,
         )  # fmt: skip
 
+    def title(self, faq_id: str, language: str) -> str:
+        """What a customer sees for an FAQ entry (its first curated question in their
+        language), never the internal id."""
+        localized = self.knowledge.i18n.get(language)
+        entry = localized.faq.get(faq_id) if localized else None
+        if entry is not None and entry.questions:
+            return entry.questions[0]
+        return self.knowledge.entry(faq_id).questions[0]
+
     def offers_human(self, reply: str) -> bool:
         """Whether a reply the bot sent ends by offering a person (its next turn may be the
         customer's answer to that offer)."""

@@ -115,6 +115,8 @@ async def test_chat_in_two_languages_reload_rtl_and_no_html(app: App, page: Any)
     assert "devol" in (await spanish.locator(".mg-text").text_content() or "")
     sources = spanish.locator(".mg-sources")
     assert await sources.get_attribute("data-faq-ids") == "returns.start"
+    shown = await sources.locator(".mg-source").text_content() or ""
+    assert "returns.start" not in shown and "¿" in shown  # the Spanish title, not the id
     german = await say(page, "Wie kann ich einen Artikel zurückgeben?")
     assert await german.get_attribute("lang") == "de"
     assert "zurück" in (await german.locator(".mg-text").text_content() or "").lower()

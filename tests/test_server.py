@@ -172,6 +172,8 @@ async def test_message_is_acked_then_answered_in_the_customers_language(
     assert reply["seq"] == 3
     assert reply["lang"] == "es"
     assert reply["faq_ids"] == ["returns.start"]
+    title = pipeline.knowledge.i18n["es"].faq["returns.start"].questions[0]
+    assert reply["sources"] == [{"id": "returns.start", "title": title}]  # shown, not the id
     assert reply["reply_to"] == "m1"
     where = locality_for(pipeline.knowledge, "es", locale_hint="es-ES")
     assert reply["text"] == pipeline.localizer.curated("returns.start", where)

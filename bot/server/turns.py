@@ -156,7 +156,7 @@ class Turns:
             return
         async with room.emit_lock:
             events = await self.store.record_reply(
-                room.id, message.id, message.client_id, _reply(result)
+                room.id, message.id, message.client_id, _reply(result, self.pipeline)
             )
             room.send_events(events)
         if any(event.type == "handoff" for event in events):
@@ -170,7 +170,7 @@ class Turns:
             room.send({"type": kind, "seq": seq, **payload})
 
 
-def _reply(result: TurnResult) -> Reply:
+def _reply(result: TurnResult, pipeline: Pipeline) -> Reply:
     return Reply(
         text=result.reply,
         language=result.language,
@@ -182,4 +182,8 @@ def _reply(result: TurnResult) -> Reply:
         handoff_reason=(result.handoff_reason or "bot") if result.handoff else None,
         # Stage outputs are JSON by contract; str() anything that slipped through.
         trace=json.loads(json.dumps(result.trace.as_list(), default=str)),
+        sources=[
+            {"id": faq_id, "title": pipeline.title(faq_id, result.language)}
+            for faq_id in result.faq_ids
+        ],
     )

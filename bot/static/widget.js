@@ -368,13 +368,21 @@
   function setText(node, text) {
     node.querySelector('.mg-text').textContent = text || '';
   }
-  function addSources(node, ids) {
+  // The help articles a reply rests on, by their localized titles (the ids stay in a data
+  // attribute for scripts and tests; a customer never reads "contact.email").
+  function addSources(node, sources, ids) {
     if (!Array.isArray(ids) || !ids.length) return;
+    const titled = Array.isArray(sources) ? sources.filter((s) => s && s.title) : [];
+    if (!titled.length) return;
     const old = node.querySelector('.mg-sources');
     if (old) old.remove();
+    const items = [];
+    titled.forEach((s, i) => {
+      if (i) items.push(' · ');
+      items.push(h('span', { class: 'mg-source', 'data-faq-id': String(s.id), text: String(s.title) }));
+    });
     node.append(h('div', { class: 'mg-sources', 'data-faq-ids': ids.join(' ') }, [
-      h('span', { 'data-mg-t': 'sources', text: S.ui.sources }), ': ',
-      ...ids.map((id) => h('span', { class: 'mg-source', text: String(id) })),
+      h('span', { 'data-mg-t': 'sources', text: S.ui.sources }), ': ', ...items,
     ]));
   }
   const systemLine = (text) => addMessage('system', text, { atEnd: true });
@@ -463,7 +471,7 @@
       } else {
         node = addMessage('bot', ev.text, { seq: ev.seq, lang: ev.lang });
       }
-      addSources(node, ev.faq_ids);
+      addSources(node, ev.sources, ev.faq_ids);
       if (!S.streams.size) el.log.removeAttribute('aria-busy');
       if (nearEnd()) scrollToEnd();
       countUnread(live);

@@ -61,6 +61,8 @@ class Reply:
     reply_pivot: str | None = None  # the reply in the pivot language
     handoff_reason: str | None = None
     trace: list[dict[str, Any]] = field(default_factory=list)
+    # What the customer sees as the reply's sources: [{"id": faq id, "title": localized}].
+    sources: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -422,7 +422,7 @@ class Store:
                 await self._insert_event(
                     session, cid, seq, "reply",
                     text=reply.text, lang=reply.language, faq_ids=list(reply.faq_ids),
-                    reply_to=client_id,
+                    sources=list(reply.sources), reply_to=client_id,
                 )
             ]  # fmt: skip
             if handoff and reply.handoff_reason:

@@ -797,3 +797,37 @@ async def test_customer_text_can_be_stored_redacted(
     stored = await app.store.messages(welcome["conversation"])
     assert "[card ••4242]" in stored[0]["original_text"]
     assert all("4242 4242" not in str(m) for m in stored)
+
+
+async def test_server_purges_conversations_past_retention(
+    config: Config, pipeline: Pipeline, db_url: str
+) -> None:
+    """With privacy.retention_days set, a conversation idle for longer is gone once the
+    server has started; a recent one stays."""
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from bot.store.models import Conversation
+
+    async with Store(DatabaseConfig(url=db_url)) as store:
+        old, _ = await store.create_conversation(language="en")
+        recent, _ = await store.create_conversation(language="en")
+        async with store._write() as session:
+            await session.execute(
+                update(Conversation)
+                .where(Conversation.id == old.id)
+                .values(updated_at=datetime.now(UTC) - timedelta(days=400))
+            )
+    cfg = config.replace(
+        database={"url": db_url},
+        server={"host": "127.0.0.1", "port": 0},
+        privacy={"retention_days": 365},
+    )
+    async with App(cfg, pipeline=pipeline) as app:
+        for _ in range(100):  # the purge runs in the background right after start-up
+            ids = [c["id"] for c in await app.store.recent_conversations(limit=10)]
+            if len(ids) == 1:
+                break
+            await asyncio.sleep(0.05)
+    assert ids == [recent.id]

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from bot.models.supervisor import EmbeddedEngine
 
 log = logging.getLogger(__name__)
+_DAY = 24 * 3600.0
 
 SHUTDOWN_GRACE = 5.0
 
@@ -157,6 +158,9 @@ class App:
 
         desk_task = asyncio.create_task(desk.run(), name="agent desk")
         stack.push_async_callback(_cancel, desk_task)
+        if config.privacy.retention_days:
+            purge_task = asyncio.create_task(self._purge_daily(), name="retention purge")
+            stack.push_async_callback(_cancel, purge_task)
         self._server = await serve(
             route,
             config.server.host,
@@ -170,6 +174,20 @@ class App:
         )
         stack.push_async_callback(self._shutdown)
         log.info("chat server listening on %s", self.url)
+
+    async def _purge_daily(self) -> None:
+        """Delete conversations past privacy.retention_days: at start, then once a day."""
+        from bot.store.retention import purge
+
+        while True:
+            try:
+                deleted = await purge(self.store, self.config.privacy.retention_days)
+            except Exception:
+                log.exception("retention purge failed; trying again tomorrow")
+            else:
+                if deleted:
+                    log.info("retention: purged %d conversation(s)", deleted)
+            await asyncio.sleep(_DAY)
 
     async def _start_engine(self, llm: LLMClient) -> None:
         if await llm.health():

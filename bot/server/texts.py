@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from bot.errors import KnowledgeError
-from bot.localize import locality_for
+from bot.localize import language_of, locality_for
 from bot.pipeline import Pipeline
 
 _LOCALE_RE = re.compile(r"^[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8})*$")
@@ -39,7 +39,7 @@ class Texts:
 
     def language_of(self, locale: str | None) -> str:
         """A locale reduced to a supported language, else the shop's default."""
-        primary = re.split(r"[-_]", locale or "")[0].lower()
+        primary = language_of(locale)
         return primary if primary in self.languages else self.default_language
 
     def market_of(self, locale: str | None) -> str | None:

@@ -491,6 +491,24 @@ async def test_canned_answers_come_localized_for_the_customer(app: App, pipeline
     assert canned["text"] == pipeline.localizer.curated("returns.start", where)
 
 
+async def test_a_conversation_is_saved_as_a_replay_test(app: App) -> None:
+    """ "Save as replay test" gives a replay file that loads, holds the customer's Spanish
+    question with the FAQ it got pinned, and the button press for a person."""
+    from bot.replay.format import loads
+
+    async with chat(app) as client, agent_socket(app, "marta") as agent:
+        cid = await handed_off(client)
+        await agent.send(type="replay", conversation=cid)
+        saved = await agent.expect("replay", conversation=cid)
+    assert saved["file"] == f"{cid}.yaml"
+    (conversation,) = loads(saved["yaml"]).conversations
+    first = conversation.turns[0]
+    assert first.text == QUESTION_ES
+    assert first.expect is not None and first.expect.faq
+    assert any(t.kind == "action" for t in conversation.turns)
+    assert cid in json.loads(saved["cassette"])["conversations"]
+
+
 async def test_nobody_claims_in_time_and_the_customer_leaves_a_message(start: Any) -> None:
     """Past queue_timeout the customer is told in Spanish and may leave a message, which
     shows up as a ticket in the console; the bot takes the chat back."""

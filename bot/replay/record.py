@@ -47,7 +47,7 @@ async def export(
     turns: list[Turn] = []
     outcomes: list[TurnOutcome] = []
     by_client_id: dict[str, int] = {}
-    handed_off, reason, last_reply_seq = False, None, -1
+    handed_off, reason, last_reply_seq, reply_handed_off = False, None, -1, False
 
     def add(turn: Turn, outcome: TurnOutcome) -> TurnOutcome:
         turns.append(turn)
@@ -79,10 +79,12 @@ async def export(
             o.source = row.get("source")
             o.reply_language = runner.base.detector.detect(o.reply, hint=o.language).language
             o.events.append({"type": "reply", "lang": p.get("lang"), "faq_ids": o.faq_ids})
-            last_reply_seq = event.seq
+            last_reply_seq, reply_handed_off = event.seq, bool(row.get("handoff"))
         elif event.type == "handoff":
             handed_off, reason = True, str(p.get("reason"))
-            if event.seq == last_reply_seq + 1 and outcomes:  # the bot's reply handed off
+            # The bot's reply handed off (its stored message says so), or the customer pressed
+            # "talk to a human" right after it.
+            if event.seq == last_reply_seq + 1 and reply_handed_off and outcomes:
                 o = outcomes[-1]
             else:  # the customer pressed "talk to a human"
                 press = TurnOutcome(len(turns) + 1, "action", "talk_to_human")

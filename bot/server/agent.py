@@ -28,6 +28,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 from http.cookies import SimpleCookie
+from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection, broadcast
@@ -248,6 +249,29 @@ class AgentSession:
                 "locale": conv.locale,
                 "messages": messages,
                 "notes": await store.notes(conv.id),
+            }
+        )
+
+    async def replay(self, frame: dict[str, Any]) -> None:
+        """The conversation as a replay file (docs/replay.md) with what each turn showed the
+        customer pinned as expectations, and its cassette: a QA team's regression case."""
+        from bot.replay import record, runner
+
+        conv = await self.visible(frame)
+        replayer = runner.InProcess(self.shared.pipeline)
+        exported, shown = await record.export(self.shared.store, replayer, conv.id)
+        name = f"{conv.id}.yaml"
+        _, cassette, text = await record.record_new(
+            replayer, Path(name), [exported],
+            stored={conv.id: shown}, model=False, pin_expectations=True,
+        )  # fmt: skip
+        await self.send(
+            {
+                "type": "replay",
+                "conversation": conv.id,
+                "file": name,
+                "yaml": text,
+                "cassette": cassette.dumps(),
             }
         )
 
@@ -489,6 +513,7 @@ _HANDLERS = {
     "close": AgentSession.close,
     "reassign": AgentSession.reassign,
     "canned": AgentSession.canned,
+    "replay": AgentSession.replay,
 }
 
 

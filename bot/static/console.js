@@ -21,6 +21,14 @@
   const BASE_TITLE = document.title;
 
   // -------------------------------------------------------------- helpers
+  function download(name, text, type) {
+    const url = URL.createObjectURL(new Blob([text], { type }));
+    const a = h('a', { href: url, download: name });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 1000);
+  }
   function h(tag, attrs, children) {
     const node = document.createElement(tag);
     for (const [key, value] of Object.entries(attrs || {})) {
@@ -134,6 +142,11 @@
     },
     sent(f) { el.reply.value = ''; el.approve.checked = false; el.preview.replaceChildren(); },
     canned(f) { el.reply.value = f.text; el.replyLang.value = f.lang; schedulePreview(); },
+    replay(f) {  // the conversation as a replay test: the YAML file and its cassette
+      download(f.file, f.yaml, 'application/yaml');
+      download(f.file.replace(/\.yaml$/, '.cassette.json'), f.cassette, 'application/json');
+      el.status.textContent = 'Saved ' + f.file + ' for the replay tests.';
+    },
     released() { S.current = null; S.transcript = null; renderTranscript(); },
     reassigned(f) { el.status.textContent = 'Reassigned to ' + f.agent + '.'; },
     error(f) { el.status.textContent = f.message + ' (' + f.code + ')'; },
@@ -299,6 +312,7 @@
     el.claim = h('button', { type: 'button', class: 'cs-claim', text: 'Claim', onclick: () => send({ type: 'claim', conversation: S.current }) });
     el.release = h('button', { type: 'button', class: 'cs-release', text: 'Release to bot', onclick: () => send({ type: 'release', conversation: S.current }) });
     el.close = h('button', { type: 'button', class: 'cs-close', text: 'Close', onclick: () => send({ type: 'close', conversation: S.current }) });
+    el.export = h('button', { type: 'button', class: 'cs-export', text: 'Save as replay test', title: 'Download this conversation as a replay file (docs/replay.md)', onclick: () => send({ type: 'replay', conversation: S.current }) });
     el.reassignTo = h('input', { class: 'cs-reassign-to', placeholder: 'agent name', 'aria-label': 'Reassign to' });
     el.reassign = h('form', { class: 'cs-reassign', hidden: true, onsubmit: (e) => {
       e.preventDefault();
@@ -331,7 +345,7 @@
       el.note, h('button', { type: 'submit', class: 'cs-add-note', text: 'Add note' }),
     ]);
     el.conversation = h('section', { class: 'cs-conversation', hidden: true }, [
-      h('div', { class: 'cs-conv-header' }, [el.convTitle, el.claim, el.release, el.close, el.reassign]),
+      h('div', { class: 'cs-conv-header' }, [el.convTitle, el.claim, el.release, el.close, el.reassign, el.export]),
       el.log, el.customerTyping, replyForm,
       h('h3', { text: 'Notes' }), el.notes, noteForm,
     ]);

@@ -177,6 +177,7 @@ async def test_every_event_takes_the_next_seq_and_only_stored_ones_replay(store:
         "text": "Entra en…",
         "lang": "es",
         "faq_ids": ["returns.start"],
+        "sources": [],
         "reply_to": "m1",
     }
     assert [e.seq for e in await store.events_after(conv.id, 1)] == [3]

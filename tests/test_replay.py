@@ -577,3 +577,21 @@ def test_the_command_line_writes_junit_and_fails_on_a_failure(
         capture_output=True, text=True, cwd=ROOT, env=env, timeout=60 * FACTOR, check=False,
     )  # fmt: skip
     assert (same.returncode, same.stdout) == (0, "no changes\n")
+
+
+def test_a_pinned_turn_that_replies_differently_fails_and_says_where() -> None:
+    """Pinned means identical: a changed FAQ answer fails the turns that quote it, naming
+    the turn and the first difference; an unchanged turn passes, expectations or not."""
+    from bot.replay.checks import verdict
+    from bot.replay.format import Turn
+    from bot.replay.results import TurnOutcome
+
+    then = TurnOutcome(1, "customer", "¿dónde está mi pedido?", faq_ids=["orders.track"],
+                       reply="En cuanto enviemos tu pedido, te mandamos un correo.")  # fmt: skip
+    now = replace(then, reply="CAMBIO. En cuanto enviemos tu pedido, te mandamos un correo.")
+    turn = Turn("customer", then.text)
+    changed = verdict(turn, now, recorded=then, pinned=True)
+    assert changed.status == "fail"
+    assert any("changed since recording: reply from character 0" in p for p in changed.problems)
+    assert verdict(turn, then, recorded=then, pinned=True).status != "fail"
+    assert verdict(turn, now, recorded=then).status != "fail"  # live runs show a diff instead

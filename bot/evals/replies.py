@@ -147,7 +147,7 @@ def score(case: Case, result: TurnResult, pipeline: Pipeline) -> Score:
     abstained = result.source == "message" and (result.handoff or not result.faq_ids)
     lexicon = pipeline.checker.lexicons.get(case.language)
     promises = []
-    if lexicon is not None:
+    if lexicon is not None and result.source != "message":  # not the bot's own sentences
         for pattern in lexicon.promise:
             found = pattern.search(reply)
             if found and not any(pattern.search(text) for text in curated):
@@ -161,7 +161,7 @@ def score(case: Case, result: TurnResult, pipeline: Pipeline) -> Score:
         reply=reply,
         faq_ids=result.faq_ids,
         right_faq=any(f in case.faq for f in result.faq_ids),
-        contradiction=[p for p in case.deny if re.search(p, reply, flags)],
+        contradiction=[] if abstained else [p for p in case.deny if re.search(p, reply, flags)],
         missing_fact=[] if abstained else [p for p in case.state if not re.search(p, reply, flags)],
         echo=is_echo(reply, case.text),
         promise=promises,

@@ -22,18 +22,53 @@ _ABOUT_THE_REPLY = ("faq", "faq_any", "source", "reply_language", "contains", "p
 
 
 def verdict(
-    turn: Turn, outcome: TurnOutcome, *, wire: bool = False, recorded: TurnOutcome | None = None
+    turn: Turn,
+    outcome: TurnOutcome,
+    *,
+    wire: bool = False,
+    recorded: TurnOutcome | None = None,
+    pinned: bool = False,
 ) -> TurnVerdict:
+    """``pinned``: the model's answers come from the recording, so the turn must also do
+    exactly what it did then (reply text, FAQ ids, handoff): a changed FAQ answer or prompt
+    fails exactly the turns it changes, with the difference named."""
     problems, passed, unchecked = check(turn.expect, outcome, wire=wire)
+    changed = since_recording(outcome, recorded) if pinned and recorded is not None else []
+    problems += changed
     if outcome.error is not None:
         status = ERROR
-    elif not turn.expect:
+    elif not turn.expect and not changed:
         status = NONE
     elif problems:
         status = XFAIL if turn.xfail else FAIL
     else:
         status = XPASS if turn.xfail else PASS
     return TurnVerdict(turn, outcome, status, problems, passed, unchecked, recorded)
+
+
+def since_recording(now: TurnOutcome, then: TurnOutcome) -> list[str]:
+    """What a turn does differently from its recording (empty when identical)."""
+    if now.kind != "customer" or (then.reply is None and now.reply is None):
+        return []
+    problems = []
+    if list(now.faq_ids) != list(then.faq_ids):
+        problems.append(f"changed since recording: FAQ {then.faq_ids} -> {now.faq_ids}")
+    if bool(now.handoff) != bool(then.handoff):
+        problems.append(f"changed since recording: handoff {then.handoff} -> {now.handoff}")
+    if (now.reply or "") != (then.reply or ""):
+        problems.append(
+            f"changed since recording: reply {_first_difference(then.reply, now.reply)}"
+        )
+    return problems
+
+
+def _first_difference(then: str | None, now: str | None) -> str:
+    a, b = then or "", now or ""
+    at = next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
+    start = max(0, at - 20)
+    return f"from character {at}: {a[start : at + 40]!r} -> {b[start : at + 40]!r}"
 
 
 def check(

@@ -268,7 +268,7 @@ class InProcess:
         result = ConversationResult(conv, mode, seconds=time.perf_counter() - started)
         for turn, outcome in zip(conv.turns, outcomes, strict=True):
             then = recorded[outcome.turn - 1] if outcome.turn <= len(recorded) else None
-            result.verdicts.append(verdict(turn, outcome, recorded=then))
+            result.verdicts.append(verdict(turn, outcome, recorded=then, pinned=mode == "pinned"))
         result.notes += changed_since_recording(conv, recorded)
         return result
 

@@ -33,7 +33,6 @@ import httpx
 
 from bot.config import ModelConfig
 from bot.errors import BotError
-from bot.handoff import Asked
 from bot.llm import LLMClient
 from bot.pipeline import Pipeline, TurnContext
 from bot.replay import ReplayError
@@ -42,11 +41,11 @@ from bot.replay.checks import verdict
 from bot.replay.format import Conversation, ReplayFile, Turn
 from bot.replay.results import ConversationResult, TurnOutcome
 from bot.server.texts import Texts
+from bot.server.turns import bot_answers, turn_context
 from bot.translate import Translator
 
 log = logging.getLogger(__name__)
 
-HISTORY_MESSAGES = 6  # as bot/server/turns.py passes to the pipeline
 CUSTOMER_HANDOFF = "customer_request"  # the reason of a "talk to a human" button press
 DEFAULT_AGENT = "Agent"
 
@@ -182,26 +181,21 @@ class InProcess:
         )
 
     def bot_answers(self, status: str) -> bool:
-        """As ``Turns.bot_answers`` (bot/server/turns.py)."""
-        handoff_config = getattr(self.base.config, "handoff", None)
-        while_queued = bool(getattr(handoff_config, "answer_while_queued", False))
-        return status == "bot" or (status == "queued" and while_queued)
+        """As the server decides it (bot/server/turns.py)."""
+        while_queued = self.base.config.handoff.answer_while_queued
+        return bot_answers(status, answer_while_queued=while_queued)
 
     @staticmethod
     def context(pipeline: Pipeline, state: _Conversation) -> TurnContext:
-        """The ``TurnContext`` the server would build from its database (``Turns._answer``)."""
-        history = state.history[-HISTORY_MESSAGES:]
-        last_bot = next((text for role, text in reversed(history) if role == "bot"), None)
-        return TurnContext(
+        """The ``TurnContext`` the server would build from its database."""
+        return turn_context(
+            pipeline,
             language=state.language,
-            locale_hint=state.locale,
+            locale=state.locale,
             market=state.market,
             no_answer_streak=state.no_answer_streak,
-            history=history,
-            offer_pending=bool(history)
-            and history[-1][0] == "bot"
-            and pipeline.offers_human(last_bot or ""),
-            earlier=[Asked(text, faq) for text, faq in state.asked[-HISTORY_MESSAGES:]],
+            history=list(state.history),
+            asked=list(state.asked),
         )
 
     def _talk_to_human(self, state: _Conversation, turn: Turn, n: int) -> TurnOutcome:

@@ -101,7 +101,7 @@ class Turns:
             self.hub.release(room)
 
     def bot_answers(self, status: str) -> bool:
-        return status == "bot" or (status == "queued" and self.answer_while_queued)
+        return bot_answers(status, answer_while_queued=self.answer_while_queued)
 
     async def _annotate(self, room: Room, conv: ConversationInfo, message: StoredMessage) -> None:
         """No bot reply: record the message's language and English pivot for the agent."""
@@ -129,18 +129,15 @@ class Turns:
         history = await self.store.history(
             room.id, before_seq=message.seq or 0, limit=HISTORY_MESSAGES
         )
-        asked = await self.store.asked(room.id, before_seq=message.seq or 0)
-        last_bot = next((text for role, text in reversed(history) if role == "bot"), None)
-        context = TurnContext(
+        asked = await self.store.asked(room.id, before_seq=message.seq or 0, limit=HISTORY_MESSAGES)
+        context = turn_context(
+            self.pipeline,
             language=conv.language,
-            locale_hint=conv.locale,
+            locale=conv.locale,
             market=conv.market,
             no_answer_streak=conv.no_answer_streak,
             history=history,
-            offer_pending=bool(history)
-            and history[-1][0] == "bot"
-            and self.pipeline.offers_human(last_bot or ""),
-            earlier=[Asked(text, faq) for text, faq in asked],
+            asked=asked,
         )
 
         async def on_delta(piece: str) -> None:
@@ -168,6 +165,39 @@ class Turns:
         async with room.emit_lock:
             seq = await self.store.next_seq(room.id)
             room.send({"type": kind, "seq": seq, **payload})
+
+
+def bot_answers(status: str, *, answer_while_queued: bool) -> bool:
+    """Whether the bot answers a customer message in a conversation of this status."""
+    return status == "bot" or (status == "queued" and answer_while_queued)
+
+
+def turn_context(
+    pipeline: Pipeline,
+    *,
+    language: str,
+    locale: str | None,
+    market: str | None,
+    no_answer_streak: int,
+    history: list[tuple[str, str]],
+    asked: list[tuple[str, str | None]],
+) -> TurnContext:
+    """What the pipeline knows before a turn, from what the conversation stored: its last
+    messages (role, pivot text) and the customer's last questions (text, FAQ answered).
+    The replay runner builds its turns with the same function."""
+    history = history[-HISTORY_MESSAGES:]
+    last_bot = next((text for role, text in reversed(history) if role == "bot"), None)
+    return TurnContext(
+        language=language,
+        locale_hint=locale,
+        market=market,
+        no_answer_streak=no_answer_streak,
+        history=history,
+        offer_pending=bool(history)
+        and history[-1][0] == "bot"
+        and pipeline.offers_human(last_bot or ""),
+        earlier=[Asked(text, faq) for text, faq in asked[-HISTORY_MESSAGES:]],
+    )
 
 
 def _reply(result: TurnResult, pipeline: Pipeline) -> Reply:

@@ -146,6 +146,7 @@ class ServerConfig:
     trusted_proxies: tuple[str, ...] = ()  # addresses or networks (CIDR)
     client_ip_header: str = "X-Forwarded-For"  # read only from a trusted proxy
     idle_timeout: float = 600.0
+    metrics_allow: tuple[str, ...] = ()  # peers that may read /metrics (CIDR); empty: any
 
     def __post_init__(self) -> None:
         for name in ("max_frame_bytes", "max_message_chars", "rate_limit_messages"):
@@ -162,6 +163,7 @@ class ServerConfig:
         if not self.client_ip_header.strip():
             raise ConfigError("server.client_ip_header must name a header")
         _ = self.trusted_networks  # a bad address fails at start-up
+        _ = self.metrics_networks
 
     @property
     def trusted_networks(self) -> tuple[IPNetwork, ...]:
@@ -172,6 +174,14 @@ class ServerConfig:
             )
         except ValueError as exc:
             raise ConfigError(f"server.trusted_proxies: {exc}") from exc
+
+    @property
+    def metrics_networks(self) -> tuple[IPNetwork, ...]:
+        """``metrics_allow`` parsed; empty: /metrics is open to any peer."""
+        try:
+            return tuple(ipaddress.ip_network(p.strip(), strict=False) for p in self.metrics_allow)
+        except ValueError as exc:
+            raise ConfigError(f"server.metrics_allow: {exc}") from exc
 
 
 @dataclass(frozen=True)

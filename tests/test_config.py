@@ -55,6 +55,7 @@ def test_server_limits_from_the_environment() -> None:
         ("HANDSHAKE_TIMEOUT", "0", "handshake_timeout must be more than 0"),
         ("CLIENT_IP_HEADER", " ", "client_ip_header"),
         ("IDLE_TIMEOUT", "soon", "cannot use 'soon'"),
+        ("METRICS_ALLOW", "monitoring-host", "metrics_allow"),
     ],
 )
 def test_a_bad_server_setting_stops_start_up(key: str, value: str, message: str) -> None:
@@ -90,3 +91,30 @@ def test_a_bad_handoff_or_console_setting_stops_start_up(
     """A console or handoff setting that cannot work is refused at start-up, named."""
     with pytest.raises(ConfigError, match=message):
         load_config(CONFIG, environ={key: value})
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("GENERATE", "MODE", "sometimes", "generate.mode must be one of compose, auto"),
+        ("MODEL", "CONCURRENCY", "0", "concurrency >= 1"),
+        ("PRIVACY", "RETENTION_DAYS", "-1", "retention_days must be >= 0"),
+        ("PRIVACY", "REDACTION", "true", r"unknown key\(s\) \['redaction'\]"),
+    ],
+)
+def test_a_bad_reply_model_or_privacy_setting_stops_start_up(
+    section: str, key: str, value: str, message: str
+) -> None:
+    """Generate modes, admission control and privacy settings are validated at start-up."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(CONFIG, environ={f"BOT_{section}__{key}": value})
+
+
+def test_the_reply_and_privacy_defaults_shipped_in_config_toml() -> None:
+    """Composed replies, redaction and one model call at a time are the shipped defaults."""
+    config = load_config(CONFIG, environ={})
+    assert config.generate.mode == "compose"
+    assert (config.privacy.redact, config.privacy.keep_original) == (True, True)
+    assert config.privacy.retention_days == 0
+    assert (config.model.concurrency, config.model.queue_size) == (1, 8)
+    assert config.server.metrics_allow == ()

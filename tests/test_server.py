@@ -831,3 +831,20 @@ async def test_server_purges_conversations_past_retention(
                 break
             await asyncio.sleep(0.05)
     assert ids == [recent.id]
+
+
+async def test_metrics_can_be_restricted_and_pages_carry_security_headers(start: Any) -> None:
+    """With server.metrics_allow set, /metrics answers 403 to other peers (and the refusal
+    is counted); every response carries a Referrer-Policy, the demo page may not be framed
+    by other sites."""
+    async with start(metrics_allow=("10.0.0.0/8",)) as app:
+        status, headers, _ = await http_get(app, "/metrics")
+        assert status == 403
+        assert headers["Referrer-Policy"] == "strict-origin-when-cross-origin"
+        assert 'bot_refusals_total{reason="metrics"} 1.0' in app.metrics.render().decode()
+    async with start(metrics_allow=("127.0.0.0/8", "::1")) as app:
+        status, _, _ = await http_get(app, "/metrics")
+        assert status == 200
+        status, headers, _ = await http_get(app, "/")
+        assert status == 200
+        assert headers["Content-Security-Policy"] == "frame-ancestors 'self'"

@@ -13,6 +13,7 @@ anything else               404
 from __future__ import annotations
 
 import email.utils
+import ipaddress
 import json
 import logging
 import re
@@ -66,6 +67,7 @@ def response(status: HTTPStatus, body: bytes, content_type: str, *, cors: bool =
             ("Content-Type", content_type),
             ("Cache-Control", "no-cache"),
             ("X-Content-Type-Options", "nosniff"),
+            ("Referrer-Policy", "strict-origin-when-cross-origin"),
         ]
     )
     if cors:
@@ -98,15 +100,33 @@ class Routes:
             return await self.console(connection, request, path)
         if path in self.static:
             content_type = STATIC_FILES[path][1]
-            return response(HTTPStatus.OK, self.static[path], content_type, cors=path != "/")
+            res = response(HTTPStatus.OK, self.static[path], content_type, cors=path != "/")
+            if path == "/":  # the demo storefront: not to be framed by other sites
+                res.headers["Content-Security-Policy"] = "frame-ancestors 'self'"
+            return res
         match = _I18N_RE.match(path)
         if match:
             return self.i18n(match.group(1))
         if path == "/healthz":
             return await self.health()
         if path == "/metrics":
+            if not self.may_read_metrics(connection):
+                self.metrics.refusals.labels("metrics").inc()
+                return text_response(HTTPStatus.FORBIDDEN, "forbidden")
             return response(HTTPStatus.OK, self.metrics.render(), metrics_module.CONTENT_TYPE)
         return text_response(HTTPStatus.NOT_FOUND, "not found")
+
+    def may_read_metrics(self, connection: ServerConnection) -> bool:
+        """``server.metrics_allow`` against the socket's peer (behind a proxy, that is the
+        proxy: restrict /metrics there too)."""
+        allowed = self.config.metrics_networks
+        if not allowed:
+            return True
+        try:
+            peer = ipaddress.ip_address(str(connection.remote_address[0]))
+        except (TypeError, ValueError, IndexError):
+            return False
+        return any(peer in network for network in allowed)
 
     def check_origin(self, request: Request) -> Response | None:
         allowed = self.config.allowed_origins

@@ -284,8 +284,8 @@ class Pipeline:
     ) -> TurnResult:
         pivot_lang = self.config.shop.pivot
 
-        with trace.stage("detect") as out:
-            detection = self._detect(text, context)
+        with trace.stage("detect") as out:  # lingua and langdetect: CPU work, off the loop
+            detection = await asyncio.to_thread(self._detect, text, context)
             out.update(detection.as_dict())
         language = detection.language
         where = locality_for(

@@ -8,6 +8,7 @@ translation that loses one is retried once, then rejected.
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import re
 import time
@@ -208,7 +209,10 @@ class Translator:
 
         if source == target or not normalize(masked.text.replace("{", " ")):
             return done(text, "identity")
-        hit = self.memory.lookup(source, target, text, min_similarity=self.min_similarity)
+        # The fuzzy scan is CPU work over every stored pair: off the event loop.
+        hit = await asyncio.to_thread(
+            self.memory.lookup, source, target, text, min_similarity=self.min_similarity
+        )
         if hit is not None:
             return done(hit[0], "memory", similarity=hit[1])
         cached = self._cache.get((source, target, text))

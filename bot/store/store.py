@@ -170,6 +170,24 @@ class Store:
 
     # -- conversations ------------------------------------------------------------------
 
+    async def _event_and_note(
+        self, session: AsyncSession, cid: str, note: str | None, kind: str, **payload: Any
+    ) -> list[StoredEvent]:
+        """A ``kind`` event, then a ``system`` line with ``note`` when there is one."""
+        seq = await self._allocate(session, cid, 2 if note else 1)
+        events = [await self._insert_event(session, cid, seq, kind, **payload)]
+        if note:
+            events.append(await self._insert_event(session, cid, seq + 1, "system", text=note))
+        return events
+
+    async def _release_handoff(self, session: AsyncSession, cid: str) -> None:
+        """Close the conversation's open handoff record (taken back or handed back)."""
+        await session.execute(
+            update(Handoff)
+            .where(Handoff.conversation_id == cid, Handoff.released_at.is_(None))
+            .values(released_at=utcnow())
+        )
+
     async def create_conversation(
         self, *, language: str, locale: str | None = None, market: str | None = None
     ) -> tuple[ConversationInfo, str]:
@@ -449,12 +467,8 @@ class Store:
             )
             if queued is None:
                 return []
-            seq = await self._allocate(session, cid, 2 if note else 1)
             session.add(Handoff(conversation_id=cid, reason=reason))
-            events = [await self._insert_event(session, cid, seq, "handoff", reason=reason)]
-            if note:
-                events.append(await self._insert_event(session, cid, seq + 1, "system", text=note))
-            return events
+            return await self._event_and_note(session, cid, note, "handoff", reason=reason)
 
     # -- translation memory and feedback --------------------------------------------------
 
@@ -696,16 +710,8 @@ class Store:
             )
             if done is None:
                 return []
-            await session.execute(
-                update(Handoff)
-                .where(Handoff.conversation_id == cid, Handoff.released_at.is_(None))
-                .values(released_at=utcnow())
-            )
-            seq = await self._allocate(session, cid, 2 if note else 1)
-            events = [await self._insert_event(session, cid, seq, "agent.left", agent=agent.name)]
-            if note:
-                events.append(await self._insert_event(session, cid, seq + 1, "system", text=note))
-            return events
+            await self._release_handoff(session, cid)
+            return await self._event_and_note(session, cid, note, "agent.left", agent=agent.name)
 
     async def reassign(self, conversation_id: str, to_agent: int) -> bool:
         """An admin gives an agent-owned conversation to another active agent."""
@@ -731,16 +737,8 @@ class Store:
             )
             if done is None:
                 return []
-            await session.execute(
-                update(Handoff)
-                .where(Handoff.conversation_id == cid, Handoff.released_at.is_(None))
-                .values(released_at=utcnow())
-            )
-            seq = await self._allocate(session, cid, 2 if note else 1)
-            events = [await self._insert_event(session, cid, seq, "handoff.cancelled")]
-            if note:
-                events.append(await self._insert_event(session, cid, seq + 1, "system", text=note))
-            return events
+            await self._release_handoff(session, cid)
+            return await self._event_and_note(session, cid, note, "handoff.cancelled")
 
     async def agent_message(
         self,

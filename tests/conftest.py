@@ -10,15 +10,19 @@ from __future__ import annotations
 import json
 import os
 import tomllib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bot.config import Config, load_config
+from bot.config import Config, DatabaseConfig, load_config
 from bot.knowledge import Knowledge, load_knowledge
 from bot.pipeline import Pipeline
 from bot.retrieve import META_FILE, Embedder, build_index
+from bot.server.app import App
+from bot.store import Store
 
 pytest_plugins = ["tests.engine_plugin"]
 
@@ -62,3 +66,27 @@ def index_dir(config: Config, knowledge: Knowledge) -> Path:
 def pipeline(config: Config, index_dir: Path) -> Pipeline:
     """The real pipeline without a model engine (curated, composed and retrieval paths)."""
     return Pipeline.build(config, None)
+
+
+@pytest.fixture
+async def db_url(tmp_path: Path) -> str:
+    """A fresh SQLite database file with the migrations applied."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"
+    async with Store(DatabaseConfig(url=url)) as store:
+        await store.upgrade()
+    return url
+
+
+@pytest.fixture
+def start(config: Config, pipeline: Pipeline, db_url: str) -> Any:
+    """``async with start(**server_settings) as app``: a server on port 0."""
+
+    @asynccontextmanager
+    async def start_app(*, grace: float = 5.0, **server: Any) -> AsyncIterator[App]:
+        cfg = config.replace(
+            database={"url": db_url}, server={"host": "127.0.0.1", "port": 0, **server}
+        )
+        async with App(cfg, pipeline=pipeline, grace=grace) as app:
+            yield app
+
+    return start_app

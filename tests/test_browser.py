@@ -14,10 +14,7 @@ from typing import Any
 
 import pytest
 
-from bot.config import Config, DatabaseConfig
-from bot.pipeline import Pipeline
 from bot.server.app import App
-from bot.store import Store
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -40,12 +37,9 @@ XSS = "<img src=x onerror=alert(1)><script>alert(2)</script>"
 
 
 @pytest.fixture
-async def app(config: Config, pipeline: Pipeline, tmp_path: Path) -> AsyncIterator[App]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"
-    async with Store(DatabaseConfig(url=url)) as store:
-        await store.upgrade()
-    cfg = config.replace(database={"url": url}, server={"host": "127.0.0.1", "port": 0})
-    async with App(cfg, pipeline=pipeline) as app:
+async def app(start: Any) -> AsyncIterator[App]:
+    """The real chat server on port 0 with a fresh, migrated SQLite database."""
+    async with start() as app:
         yield app
 
 

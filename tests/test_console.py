@@ -26,9 +26,9 @@ from bot.localize import locality_for
 from bot.pipeline import Pipeline
 from bot.server.app import App
 from bot.store import Store
-from tests.test_server import RETURN_ES, TIMEOUT, Client, app, chat, db_url, start
+from tests.test_server import RETURN_ES, TIMEOUT, Client, app, chat
 
-__all__ = ["app", "db_url", "start"]  # fixtures used here
+__all__ = ["app"]  # a fixture used here
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery"

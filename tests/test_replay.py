@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.config import Config, DatabaseConfig
+from bot.config import Config
 from bot.llm import LLMClient
 from bot.pipeline import Pipeline
 from bot.replay import CassetteMiss, ReplayFormatError
@@ -53,7 +53,6 @@ from bot.replay.runner import FileResult, InProcess, record, run_pinned
 from bot.replay.wire import WireRunner
 from bot.retrieve import Retriever
 from bot.server.app import App
-from bot.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITE = ROOT / "tests" / "conversations"
@@ -492,13 +491,9 @@ conversations:
 
 
 @pytest.fixture
-async def server(config: Config, pipeline: Pipeline, tmp_path: Path) -> AsyncIterator[App]:
+async def server(start: Any) -> AsyncIterator[App]:
     """The real chat server on port 0 with a fresh, migrated SQLite database."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"
-    async with Store(DatabaseConfig(url=url)) as store:
-        await store.upgrade()
-    cfg = config.replace(database={"url": url}, server={"host": "127.0.0.1", "port": 0})
-    async with App(cfg, pipeline=pipeline) as app:
+    async with start() as app:
         yield app
 
 

@@ -44,30 +44,6 @@ postgres = test_store.postgres  # fixture: the session's PostgreSQL database
 
 
 @pytest.fixture
-async def db_url(tmp_path: Path) -> str:
-    """A fresh SQLite database file with the migrations applied."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}"
-    async with Store(DatabaseConfig(url=url)) as store:
-        await store.upgrade()
-    return url
-
-
-@pytest.fixture
-def start(config: Config, pipeline: Pipeline, db_url: str) -> Any:
-    """``async with start(**server_settings) as app``: a server on port 0."""
-
-    @asynccontextmanager
-    async def start_app(*, grace: float = 5.0, **server: Any) -> AsyncIterator[App]:
-        cfg = config.replace(
-            database={"url": db_url}, server={"host": "127.0.0.1", "port": 0, **server}
-        )
-        async with App(cfg, pipeline=pipeline, grace=grace) as app:
-            yield app
-
-    return start_app
-
-
-@pytest.fixture
 async def app(start: Any) -> AsyncIterator[App]:
     async with start() as app:
         yield app

@@ -5,7 +5,10 @@
 1. Index build for the whole knowledge base (cold: embeddings computed from scratch).
 2. detect + retrieve + localize per turn (model calls excluded) over the held-out
    questions of every launch language: median and p95 against the 20 ms goal.
-3. With --engine: full turns through the model (generate.mode=always), per stage, with
+3. The query embedding: one text per call against batches (the same vectors either way),
+   and N turns at once through the pipeline, whose embeddings the retriever's batcher
+   sends to the model together (``Retriever.embed_async``).
+4. With --engine: full turns through the model (generate.mode=always), per stage, with
    the configured engine (model.url, a running engine, or the embedded one started here):
    first streamed token and whole-turn latency against the 2.5 s / 8 s goals.
 """
@@ -20,6 +23,8 @@ import tempfile
 import time
 import tomllib
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -68,6 +73,8 @@ async def bench_budget() -> None:
     for lang, text in turns[:24]:  # warm-up: lazy detector models, caches
         await pipeline.answer(text, TurnContext(locale_hint=lang))
     pipeline.retriever.cache_size = 0  # every held-out question is new: no cache hits
+    variants = sum(pipeline.retriever.indexed(text) for _, text in turns)
+    print(f"  ({variants} of {len(turns)} held-out questions are indexed variants: no model call)")
     per_stage: dict[str, list[float]] = {}
     budget: list[float] = []
     without_embedding: list[float] = []
@@ -111,6 +118,56 @@ async def bench_budget() -> None:
         f"  {'per turn':14s} median {med:7.2f} ms   p95 {pct(budget, 95):7.2f} ms   "
         f"(goal < 20 ms median: {med / 20:.2f}x of budget)"
     )
+
+
+async def bench_embedding() -> None:
+    config = load_config().replace(generate={"mode": "never"})
+    pipeline = await asyncio.to_thread(Pipeline.build, config, None)
+    retriever, embedder = pipeline.retriever, pipeline.retriever.embedder
+    turns = [(lang, text) for lang, text in cases() if not retriever.indexed(text)]
+    texts = [text for _, text in turns]
+    embedder.queries(texts[:8])  # warm-up
+    print(f"== query embedding ({embedder.name}), {len(texts)} held-out questions ==")
+    single = []
+    for text in texts[:96]:
+        started = time.perf_counter()
+        embedder.queries([text])
+        single.append((time.perf_counter() - started) * 1000)
+    print(f"  1 text per call : median {statistics.median(single):6.2f} ms per text")
+    for size in (2, 4, 8, 16, 32):
+        per_text = []
+        for start in range(0, 96, size):
+            chunk = texts[start : start + size]
+            started = time.perf_counter()
+            embedder.queries(chunk)
+            per_text.append((time.perf_counter() - started) * 1000 / len(chunk))
+        print(f"  {size:2d} per call     : median {statistics.median(per_text):6.2f} ms per text")
+    alone = np.vstack([embedder.queries([t]) for t in texts[:32]])
+    together = embedder.queries(texts[:32])
+    print(f"  alone vs batched: max |difference| {float(np.abs(alone - together).max()):.1e}")
+
+    retriever.cache_size = 0
+    for lang, text in turns[:12]:  # warm-up: lazy detector models
+        await pipeline.answer(text, TurnContext(locale_hint=lang))
+    print("  N turns at once through the pipeline (detect + retrieve + localize, no cache):")
+    for n in (1, 8, 32):
+        sample = turns[:n] if n > 1 else turns[:16]
+        batcher = retriever.batcher
+        calls, embedded = batcher.calls, batcher.texts
+        started = time.perf_counter()
+        if n == 1:  # one after the other
+            for lang, text in sample:
+                await pipeline.answer(text, TurnContext(locale_hint=lang))
+        else:
+            await asyncio.gather(
+                *(pipeline.answer(text, TurnContext(locale_hint=lang)) for lang, text in sample)
+            )
+        wall = (time.perf_counter() - started) * 1000
+        calls, embedded = batcher.calls - calls, batcher.texts - embedded
+        print(
+            f"    {n:2d} at once: {wall / len(sample):6.1f} ms of wall time per turn, "
+            f"{embedded} texts in {calls} model calls"
+        )
 
 
 async def bench_engine(n: int) -> None:
@@ -166,10 +223,13 @@ def main() -> None:
     parser.add_argument("--engine", action="store_true", help="also run full turns with the model")
     parser.add_argument("--turns", type=int, default=24)
     parser.add_argument("--skip-index", action="store_true")
+    parser.add_argument("--skip-budget", action="store_true", help="only the embedding part")
     args = parser.parse_args()
     if not args.skip_index:
         bench_index()
-    asyncio.run(bench_budget())
+    if not args.skip_budget:
+        asyncio.run(bench_budget())
+    asyncio.run(bench_embedding())
     if args.engine:
         asyncio.run(bench_engine(args.turns))
 

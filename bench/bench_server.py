@@ -11,6 +11,11 @@
    translation-memory hit, answered with the curated localized text: no model call).
    Latency is from sending the message to receiving its final ``reply``. A customer whose
    conversation the pipeline hands to a human stops there (the bot no longer answers).
+   A curated question is an indexed variant, whose vector the retriever already has: no
+   embedding-model call. With ``--typed`` each question is sent lower-cased and without
+   its final punctuation ("how do i return an item"), as customers type: no longer a
+   variant, so every distinct one goes through the embedding model (concurrent turns'
+   texts batched into one call).
 
 The server runs as a subprocess (``python -m bot.cli serve --no-engine``) on a fresh SQLite
 database in a temporary folder; this process and the server both raise their open-files
@@ -72,6 +77,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def typed(text: str) -> str:
+    """A curated question as a customer types it: lower case, no final punctuation."""
+    return text.rstrip(" ?？!.。؟").lower()
+
+
 def questions() -> list[tuple[str, str, str]]:
     """(language, FAQ id, curated question) for every localized FAQ entry."""
     knowledge = load_knowledge(ROOT / "knowledge")
@@ -87,6 +97,8 @@ def questions() -> list[tuple[str, str, str]]:
 
 def start_server(db: str, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BOT_")}
+    # Every simulated customer comes from 127.0.0.1: no per-address limits here.
+    env |= {"BOT_SERVER__MAX_CONNECTIONS_PER_IP": "0", "BOT_SERVER__IP_RATE_LIMIT_MESSAGES": "0"}
     cli = [sys.executable, "-m", "bot.cli"]
     subprocess.run([*cli, "db", "upgrade", "--db", db], cwd=ROOT, env=env, check=True)
     with log.open("wb") as out:
@@ -193,9 +205,9 @@ async def customer(
 
 
 async def turns(
-    url: str, pid: int, customers: int, per_customer: int, think: float = 0.0
+    url: str, pid: int, customers: int, per_customer: int, think: float = 0.0, *, as_typed: bool
 ) -> dict[str, float]:
-    pool = questions()
+    pool = [(lang, faq, typed(q) if as_typed else q) for lang, faq, q in questions()]
     by_lang: dict[str, list[tuple[str, str, str]]] = {}
     for item in pool:
         by_lang.setdefault(item[0], []).append(item)
@@ -239,7 +251,7 @@ async def turns(
         "mean_ms": statistics.fmean(latencies) * 1000,
         "max_ms": latencies[-1] * 1000,
         "turns_per_s": len(latencies) / wall,
-        "server_cpu_s_per_turn": cpu / max(len(latencies), 1),
+        "server_cpu_ms_per_turn": cpu * 1000 / max(len(latencies), 1),
         "wall_s": wall,
     }
 
@@ -264,6 +276,9 @@ async def main() -> int:
         action="append",
         help="mean seconds between a customer's turns (repeatable; default: 10 and 0 = burst)",
     )
+    parser.add_argument(
+        "--typed", action="store_true", help="questions lower-cased, no final punctuation"
+    )
     args = parser.parse_args()
     nofile = raise_nofile()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -280,12 +295,15 @@ async def main() -> int:
             table(f"{args.idle} idle customer sockets (hello/welcome done)", idle)
             busy = {"errors": 0.0}
             for think in args.think or [10.0, 0.0]:
-                result = await turns(url, proc.pid, args.customers, args.turns, think)
+                result = await turns(
+                    url, proc.pid, args.customers, args.turns, think, as_typed=args.typed
+                )
                 busy["errors"] += result["errors"]
                 label = f"thinking {think:g} s between turns" if think else "all at once (burst)"
+                asked = "typed questions" if args.typed else "curated questions"
                 table(
                     f"{args.customers} concurrent customers x {args.turns} turns, {label} "
-                    "(curated path)",
+                    f"({asked}, curated path)",
                     result,
                 )
         finally:

@@ -8,6 +8,8 @@
     bot model list|pull|serve       model acquisition and engines (docs/models.md)
     bot serve                       the chat server (widget, console, metrics)
     bot db upgrade|current          database migrations
+    bot finetune data|train|export|eval
+                                    the shop's LoRA adapter (docs/finetune.md)
 
 Without TEXT, the commands read one message per line on stdin. Errors go to stderr, with a
 non-zero exit status.
@@ -28,6 +30,7 @@ from typing import Any
 
 from bot.config import GENERATE_MODES, Config, load_config
 from bot.errors import BotError
+from bot.logcontent import keep_content_out_of_logs
 
 log = logging.getLogger("bot")
 Handler = Callable[[argparse.Namespace, Config], int]
@@ -49,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         config = load_config(args.config)
+        keep_content_out_of_logs(config.privacy.log_content)  # -v: no message text, no tokens
         handler: Handler = args.func
         return handler(args, config)
     except BotError as exc:
@@ -109,6 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     store_cli.register(sub)
     replay_cli.register(sub)
     console_cli.register(sub)
+    from bot.finetune import cli as finetune_cli
+
+    finetune_cli.register(sub)
     return parser
 
 
@@ -199,34 +206,28 @@ def cmd_translate(args: argparse.Namespace, config: Config) -> int:
 
 
 async def _translate(args: argparse.Namespace, config: Config) -> int:
-    from bot.localize import locality_for
     from bot.pipeline import Pipeline
+    from bot.service import BotService
 
     if args.target not in config.shop.languages:
         raise BotError(f"unsupported target language {args.target!r}")
     async with _llm(args, config) as llm:
-        pipeline = await asyncio.to_thread(Pipeline.build, config, llm)
-        where = locality_for(pipeline.knowledge, args.target, market=args.market)
+        bot: BotService = await asyncio.to_thread(Pipeline.build, config, llm)
         status = 0
         for text in _inputs(args.text):
-            source = args.source or pipeline.detector.detect(text).language
-            try:
-                t = await pipeline.translator.translate(
-                    text,
-                    source,
-                    args.target,
-                    render=lambda kind, span: pipeline.render_span(kind, span, where),
-                )
-            except BotError as exc:
-                print(f"bot: error: {text[:60]!r}: {exc}", file=sys.stderr)
+            t = await bot.translate_for_customer(
+                text, args.source or None, args.target, market=args.market
+            )
+            if t.delivered is None:
+                print(f"bot: error: {text[:60]!r}: {t.error}", file=sys.stderr)
                 status = 1
                 continue
             _emit(
                 {
                     "text": text,
-                    "source": source,
+                    "source": t.source,
                     "target": args.target,
-                    "translation": t.text,
+                    "translation": t.delivered,
                     "engine": t.engine,
                 }
             )
@@ -242,9 +243,10 @@ def cmd_ask(args: argparse.Namespace, config: Config) -> int:
 async def _ask(args: argparse.Namespace, config: Config) -> int:
     from bot.handoff import Asked
     from bot.pipeline import Pipeline, TurnContext
+    from bot.service import BotService
 
     async with _llm(args, config) as llm:
-        pipeline = await asyncio.to_thread(Pipeline.build, config, llm)
+        pipeline: BotService = await asyncio.to_thread(Pipeline.build, config, llm)
         context = TurnContext(locale_hint=args.lang, market=args.market)
         for text in _inputs(args.text):
             if not args.conversation:

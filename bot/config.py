@@ -22,6 +22,7 @@ from bot.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "config.toml"
 ENV_PREFIX = "BOT_"
+ADAPTERS_DIR = "var/adapters"  # where `bot finetune export` installs adapters (relative to config)
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -90,7 +91,9 @@ class ModelConfig:
     engine: str = "llama.cpp"
     name: str = "qwen2.5-0.5b"
     served_name: str = "meridian"
-    adapter: str = ""
+    # "auto": the shop's adapter in var/adapters/ when there is one (embedded engine only),
+    # else the base model; "": always the base model; a name: that adapter.
+    adapter: str = "auto"
     adapter_dir: Path | None = None  # PEFT adapter the embedded engine serves as `adapter`
     vllm_python: str = ""  # interpreter of the vLLM venv (default ~/.cache/.../vllm-venv)
     api_key: str = "local"
@@ -147,6 +150,10 @@ class ServerConfig:
     client_ip_header: str = "X-Forwarded-For"  # read only from a trusted proxy
     idle_timeout: float = 600.0
     metrics_allow: tuple[str, ...] = ()  # peers that may read /metrics (CIDR); empty: any
+    # Resume tokens: a new one with every welcome; the replaced one still works for
+    # resume_token_grace seconds; all expire after resume_token_ttl idle seconds (0: never).
+    resume_token_ttl: float = 7 * 24 * 3600.0
+    resume_token_grace: float = 60.0
 
     def __post_init__(self) -> None:
         for name in ("max_frame_bytes", "max_message_chars", "rate_limit_messages"):
@@ -160,6 +167,9 @@ class ServerConfig:
         for name in ("rate_limit_window", "handshake_timeout", "idle_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"server.{name} must be more than 0 seconds")
+        for name in ("resume_token_ttl", "resume_token_grace"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"server.{name} must be 0 or more seconds")
         if not self.client_ip_header.strip():
             raise ConfigError("server.client_ip_header must name a header")
         _ = self.trusted_networks  # a bad address fails at start-up
@@ -205,6 +215,9 @@ class PrivacyConfig:
     # Conversations idle longer than this many days are deleted (`bot data purge`, and the
     # server once a day); 0 keeps them.
     retention_days: float = 0
+    # Debugging only: let logs carry message text, tokens and database parameters (socket
+    # frames at DEBUG, SQL parameters in errors). Off, no level logs any of them.
+    log_content: bool = False
 
     def __post_init__(self) -> None:
         if self.retention_days < 0:
@@ -246,6 +259,25 @@ class ConsoleConfig:
 
 
 @dataclass(frozen=True)
+class BusConfig:
+    # Redis for several `bot serve` processes sharing one PostgreSQL database: events fan
+    # out through pub/sub, bot turns take a per-conversation lock. Empty: one process,
+    # events stay in it. Secrets in the URL belong in BOT_BUS__REDIS_URL.
+    redis_url: str = ""
+    prefix: str = "bot"  # channel and key prefix: processes sharing it talk to each other
+    timeout: float = 2.0  # seconds for one Redis command
+
+    def __post_init__(self) -> None:
+        scheme = self.redis_url.partition("://")[0] if "://" in self.redis_url else ""
+        if self.redis_url and scheme not in {"redis", "rediss", "unix"}:
+            raise ConfigError("bus.redis_url must be redis://, rediss:// or unix:// (or empty)")
+        if not self.prefix or any(c.isspace() for c in self.prefix):
+            raise ConfigError("bus.prefix must be a non-empty name without spaces")
+        if not self.timeout > 0:
+            raise ConfigError("bus.timeout must be more than 0 seconds")
+
+
+@dataclass(frozen=True)
 class Config:
     shop: ShopConfig
     detect: DetectConfig
@@ -258,6 +290,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     handoff: HandoffConfig = field(default_factory=HandoffConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    bus: BusConfig = field(default_factory=BusConfig)
     root: Path = field(default=PROJECT_ROOT)
 
     def replace(self, **sections: Any) -> Config:
@@ -281,6 +314,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "privacy": PrivacyConfig,
     "handoff": HandoffConfig,
     "console": ConsoleConfig,
+    "bus": BusConfig,
 }
 
 
@@ -301,7 +335,35 @@ def load_config(
     unknown = set(raw) - set(_SECTIONS)
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {sorted(unknown)}")
+    sections["model"] = resolve_adapter(sections["model"], base / ADAPTERS_DIR)
     return Config(root=base, **sections)
+
+
+def resolve_adapter(model: ModelConfig, directory: Path) -> ModelConfig:
+    """``model.adapter = "auto"``: the newest complete PEFT adapter in ``directory`` (served
+    by the embedded engine under its folder's name), else the base model. With ``model.url``
+    the bot does not know what the remote engine serves: "auto" means the base model there.
+    A named adapter without ``adapter_dir`` is looked for in ``directory`` too."""
+    if model.adapter != "auto":
+        if model.adapter and model.adapter_dir is None and _is_adapter(directory / model.adapter):
+            return dataclasses.replace(model, adapter_dir=directory / model.adapter)
+        return model
+    if model.adapter_dir is not None:
+        return dataclasses.replace(model, adapter=model.adapter_dir.name)
+    found = [] if model.url or not directory.is_dir() else [
+        d for d in directory.iterdir()
+        if _is_adapter(d) and not d.name.startswith(".") and d.name != model.served_name
+    ]  # fmt: skip
+    if not found:
+        return dataclasses.replace(model, adapter="")
+    newest = max(found, key=lambda d: ((d / "adapter_model.safetensors").stat().st_mtime, d.name))
+    return dataclasses.replace(model, adapter=newest.name, adapter_dir=newest)
+
+
+def _is_adapter(path: Path) -> bool:
+    return (path / "adapter_config.json").is_file() and (
+        path / "adapter_model.safetensors"
+    ).is_file()
 
 
 def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> None:

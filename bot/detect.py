@@ -27,7 +27,7 @@ from langdetect.lang_detect_exception import LangDetectException
 from lingua import IsoCode639_1, Language, LanguageDetectorBuilder
 
 from bot.config import DetectConfig
-from bot.mask import Masker
+from bot.mask import Masker, Scan
 
 # langdetect names Chinese "zh-cn"/"zh-tw"; lingua uses ISO 639-1.
 _LANGDETECT_CODES = {"zh": ("zh-cn", "zh-tw")}
@@ -125,13 +125,21 @@ class LanguageDetector:
             self._factory.add_profile(profile, index, len(docs))
 
     def detect(
-        self, text: str, *, current: str | None = None, hint: str | None = None
+        self,
+        text: str,
+        *,
+        current: str | None = None,
+        hint: str | None = None,
+        scan: Scan | None = None,
     ) -> Detection:
-        """Detect the language of one message in the context of its conversation."""
+        """Detect the language of one message in the context of its conversation;
+        ``scan``: the message's protected spans, when the turn has found them already."""
         current = current if current in self.languages else None
         hint = hint if hint in self.languages else None
         fallback = current or hint or self.default
-        cleaned = self._masker.strip(text)
+        if scan is None or scan.text != text:
+            scan = self._masker.scan(text)
+        cleaned = scan.stripped()
         letters = sum(ch.isalpha() for ch in cleaned)
         if letters == 0:
             method = "context" if current else ("hint" if hint else "default")

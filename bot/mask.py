@@ -19,7 +19,7 @@ other repetition is bounded, so no start position costs more than a constant.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 _CURRENCY_SYMBOLS = r"(?:US\$|R\$|C\$|A\$|HK\$|\$|€|£|¥|￥|₩|₽|₹|CHF|EUR|USD|GBP|JPY|KRW|CNY|RMB|BRL|AED|SAR|RUB|元|円|원|руб\.?|د\.إ)"
@@ -87,6 +87,28 @@ class Masked:
         return [s.text for s in self.spans]
 
 
+@dataclass(frozen=True)
+class Scan:
+    """A text and where its protected spans are, found in one pass (``Masker.scan``): a
+    turn scans the customer's message once and every stage reads the spans from here."""
+
+    text: str
+    found: tuple[_Found, ...]
+
+    @property
+    def spans(self) -> list[Span]:
+        return [Span(kind, self.text[start:end]) for start, end, kind in self.found]
+
+    def masked(self) -> Masked:
+        """The text with each span replaced by its ``{n}`` token."""
+        masked = _replace(self.text, self.found, lambda n: "{" + str(n) + "}")
+        return Masked(masked, tuple(self.spans))
+
+    def stripped(self) -> str:
+        """The text without its spans (for language detection and the lexicon)."""
+        return _replace(self.text, self.found, lambda n: " ")
+
+
 class Masker:
     def __init__(self, glossary: Iterable[str] = ()) -> None:
         terms = sorted({t for t in glossary if t}, key=len, reverse=True)
@@ -96,22 +118,21 @@ class Masker:
             patterns.append(("term", rf"(?<![\w]){alternatives}(?![\w])"))
         self._regex = re.compile("|".join(f"(?P<{kind}>{pattern})" for kind, pattern in patterns))
 
+    def scan(self, text: str) -> Scan:
+        """The one pass over ``text`` that finds its protected spans."""
+        found = [(m.start(), m.end(), m.lastgroup or "?") for m in self._regex.finditer(text)]
+        numbers = [m.span("number") for m in _ORDER_CONTEXT.finditer(text)]
+        return Scan(text, tuple(_with_order_numbers(found, numbers) if numbers else found))
+
     def find(self, text: str) -> list[Span]:
-        return [Span(kind, text[start:end]) for start, end, kind in self._spans(text)]
+        return self.scan(text).spans
 
     def mask(self, text: str) -> Masked:
-        spans = self._spans(text)
-        masked = _replace(text, spans, lambda n: "{" + str(n) + "}")
-        return Masked(masked, tuple(Span(kind, text[start:end]) for start, end, kind in spans))
+        return self.scan(text).masked()
 
     def strip(self, text: str) -> str:
         """The text without protected spans (for language detection)."""
-        return _replace(text, self._spans(text), lambda n: " ")
-
-    def _spans(self, text: str) -> list[_Found]:
-        found = [(m.start(), m.end(), m.lastgroup or "?") for m in self._regex.finditer(text)]
-        numbers = [m.span("number") for m in _ORDER_CONTEXT.finditer(text)]
-        return _with_order_numbers(found, numbers) if numbers else found
+        return self.scan(text).stripped()
 
 
 def _with_order_numbers(found: list[_Found], numbers: list[tuple[int, int]]) -> list[_Found]:
@@ -136,7 +157,7 @@ def _with_order_numbers(found: list[_Found], numbers: list[tuple[int, int]]) -> 
     return out
 
 
-def _replace(text: str, spans: list[_Found], token: Callable[[int], str]) -> str:
+def _replace(text: str, spans: Sequence[_Found], token: Callable[[int], str]) -> str:
     parts: list[str] = []
     last = 0
     for n, (start, end, _) in enumerate(spans, 1):

@@ -32,10 +32,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot import handoff
+from bot.agent_translate import AgentTranslator
 from bot.compose import ComposeTexts, compose, load_compose
 from bot.config import Config
 from bot.detect import Detection, LanguageDetector, Lexicon, load_lexicon
-from bot.errors import EngineBusy, LLMError, TranslationError
+from bot.errors import EngineBusy, KnowledgeError, LLMError, TranslationError
 from bot.faithful import (
     FaithfulnessChecker,
     SentenceGate,
@@ -47,9 +48,10 @@ from bot.generate import Passage, generate_reply
 from bot.knowledge import Knowledge, load_knowledge
 from bot.llm import LLMClient
 from bot.localize import Locality, Localizer, language_of, locality_for
-from bot.mask import Masker, Span
+from bot.mask import Masker, Scan, Span
 from bot.redact import Redaction, redact
-from bot.retrieve import Embedder, Hit, Retriever
+from bot.retrieve import CLARIFY, Embedder, Hit, Retriever
+from bot.service import Annotation, CustomerText
 from bot.trace import Trace
 from bot.translate import LANGUAGE_NAMES, TranslationMemory, Translator, normalize
 
@@ -89,6 +91,8 @@ class TurnResult:
     locality: Locality
     reply_pivot: str | None = None
     redacted: str | None = None  # ``text`` with personal data marked out
+    # A clarify reply: the entries to pick from, [{"id": faq id, "title": localized}].
+    choices: list[dict[str, str]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +104,7 @@ class TurnResult:
             "handoff": self.handoff,
             "handoff_reason": self.handoff_reason,
             "source": self.source,
+            "choices": self.choices,
             "market": self.locality.market,
             "trace": self.trace.as_list(),
             "total_ms": round(self.trace.total_ms, 1),
@@ -175,6 +180,7 @@ class _Draft:
     faq_ids: list[str]
     source: str
     reply_pivot: str | None = None
+    choices: tuple[str, ...] = ()  # clarify: the FAQ ids offered as buttons
 
 
 class Pipeline:
@@ -197,6 +203,9 @@ class Pipeline:
         self.detector = detector
         self.lexicon = lexicon
         self.translator = translator
+        self.agent_translator = AgentTranslator(
+            translator, language_of=lambda text: detector.detect(text).language
+        )
         self.retriever = retriever
         self.localizer = localizer
         self.masker = masker
@@ -269,23 +278,27 @@ class Pipeline:
             with trace.stage("redact") as out:
                 out.update(kinds=list(redaction.kinds))
         clean = redaction.text
-        result = await self._turn(clean, context, on_delta, trace)
+        # The one pass over the message for protected spans (order numbers, amounts, brand
+        # names...): detection, the lexicon, translation and the route all read this scan.
+        scan = self.masker.scan(clean)
+        result = await self._turn(scan, context, on_delta, trace)
         result.text, result.redacted = text, clean
         deferred = [s for s in result.trace.stages if s.output.get("deferred")]
         if result.pivot is None and deferred:
             with result.trace.stage("translate_in") as out:
                 result.pivot = await self._pivot(
-                    clean, result.language, self.config.shop.pivot, out, use_model=True
+                    scan, result.language, self.config.shop.pivot, out, use_model=True
                 )
         return result
 
     async def _turn(
-        self, text: str, context: TurnContext, on_delta: OnDelta | None, trace: Trace
+        self, scan: Scan, context: TurnContext, on_delta: OnDelta | None, trace: Trace
     ) -> TurnResult:
         pivot_lang = self.config.shop.pivot
+        text = scan.text
 
         with trace.stage("detect") as out:  # lingua and langdetect: CPU work, off the loop
-            detection = await asyncio.to_thread(self._detect, text, context)
+            detection = await asyncio.to_thread(self._detect, scan, context)
             out.update(detection.as_dict())
         language = detection.language
         where = locality_for(
@@ -309,7 +322,7 @@ class Pipeline:
             decision = handoff.HandoffDecision(True, "customer_request", f"offer accepted: {text}")
             return self._handoff(text, detection, None, where, trace, decision, None)
 
-        intent = self.lexicon.intent(self.masker.strip(text))
+        intent = self.lexicon.intent(scan.stripped())
         if intent in _SMALL_TALK:
             with trace.stage("localize") as out:
                 reply = self.localizer.message(_SMALL_TALK[intent], where)
@@ -322,19 +335,19 @@ class Pipeline:
         # drafted, so the first streamed token does not wait for it.
         defer_pivot = self.config.generate.language == "customer" and self.llm is not None
         with trace.stage("translate_in") as out:
-            pivot = await self._pivot(text, language, pivot_lang, out, use_model=not defer_pivot)
+            pivot = await self._pivot(scan, language, pivot_lang, out, use_model=not defer_pivot)
             out["deferred"] = defer_pivot and pivot is None
 
         with trace.stage("retrieve") as out:
             started = time.perf_counter()
-            vectors = await asyncio.to_thread(self.retriever.embed, [text])
+            vectors = await self.retriever.embed_async([text])  # batched with other turns
             out["embed_ms"] = round((time.perf_counter() - started) * 1000, 2)
             hits = await asyncio.to_thread(
                 self.retriever.search_vectors, vectors, k=self.config.retrieve.top_k
             )
             found = self.retriever.decide(hits, language)
-            # answer: the top entry; clarify: two entries that together are likely, both
-            # answered (composed); abstain: "no answer" and the offer of a person.
+            # answer: the top entry; clarify: two entries that together are likely, the
+            # customer is asked which one (buttons); abstain: "no answer" and an offer.
             by_id = {h.faq_id: h for h in hits}
             answerable = [by_id[f] for f in found.faq_ids if f in by_id]
             out.update(
@@ -365,9 +378,38 @@ class Pipeline:
             draft = _Draft(reply, [], "message")
             return self._result(text, detection, pivot, where, trace, draft, answered=False)
 
+        if found.action == CLARIFY:
+            draft = self._clarify(found.faq_ids, where, trace)
+            return self._result(text, detection, pivot, where, trace, draft, answered=True)
         draft = await self._draft(
-            text, pivot, answerable, where, context, trace, on_delta, ambiguous=len(answerable) > 1
+            scan, pivot, answerable, where, context, trace, on_delta, ambiguous=len(answerable) > 1
         )
+        return self._result(text, detection, pivot, where, trace, draft, answered=True)
+
+    def _clarify(self, faq_ids: tuple[str, ...], where: Locality, trace: Trace) -> _Draft:
+        """Two entries fit: ask which one the customer means; the widget shows both as
+        buttons (``choices``) and a click comes back as a message with ``choice``."""
+        with trace.stage("clarify") as out:
+            reply = self.localizer.message("clarify_choices", where)
+            out.update(source="message", key="clarify_choices", offered=list(faq_ids))
+        return _Draft(reply, [], "message", choices=faq_ids)
+
+    def chosen(self, text: str, faq_id: str, context: TurnContext) -> TurnResult:
+        """The customer picked ``faq_id`` from a clarify reply's choices (``text``: the
+        button's title): that entry's curated answer, in the conversation's language."""
+        trace = Trace()
+        languages = self.config.shop.languages
+        wanted = (context.chosen_language, context.language, language_of(context.locale_hint))
+        language = next((lang for lang in wanted if lang in languages), None)
+        language = language or self.config.shop.default_language
+        detection = Detection(language, 1.0, "choice")
+        where = locality_for(
+            self.knowledge, language, locale_hint=context.locale_hint, market=context.market
+        )
+        with trace.stage("choice") as out:
+            out.update(faq_id=faq_id, text=text)
+        draft = self._curated(faq_id, where, trace, "curated")
+        pivot = self.knowledge.entry(faq_id).questions[0]
         return self._result(text, detection, pivot, where, trace, draft, answered=True)
 
     def _handoff(
@@ -403,18 +445,109 @@ class Pipeline:
         customer's answer to that offer)."""
         return reply.rstrip().endswith(self._offers)
 
-    def _detect(self, text: str, context: TurnContext) -> Detection:
+    # -- what the server and the CLI ask (bot.service.BotService) ------------------------
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        return tuple(self.config.shop.languages)
+
+    @property
+    def default_language(self) -> str:
+        return self.config.shop.default_language
+
+    @property
+    def index_fingerprint(self) -> str:
+        return self.retriever.fingerprint
+
+    def has_faq(self, faq_id: str) -> bool:
+        return faq_id in self.knowledge.entries
+
+    async def annotate(self, text: str, *, current: str | None, locale: str | None) -> Annotation:
+        """Language and pivot of a message nobody answers here, from one scan of it."""
+        scan = self.masker.scan(text)
+        hint = language_of(locale)
+        detection = await asyncio.to_thread(
+            self.detector.detect, text, current=current, hint=hint, scan=scan
+        )
+        out: dict[str, Any] = {}
+        pivot = await self._pivot(
+            scan, detection.language, self.config.shop.pivot, out, use_model=True
+        )
+        if pivot is None:
+            log.info("no pivot for a message to an agent: %s", out.get("error"))
+        return Annotation(detection.language, pivot)
+
+    def system_text(self, key: str, language: str, locale: str | None, **values: str) -> str:
+        where = locality_for(self.knowledge, language, locale_hint=locale)
+        return self.localizer.message(key, where, **values)
+
+    def market(self, language: str, country: str | None) -> str:
+        return self.knowledge.market_code(language=language, country=country)
+
+    def ui_strings(self, language: str) -> tuple[str, dict[str, str]]:
+        settings = self.knowledge.languages.get(language)
+        return (settings.direction if settings else "ltr"), self.knowledge.ui(language)
+
+    def faqs(self) -> list[tuple[str, str]]:
+        return [(e.id, e.questions[0]) for e in self.knowledge.entries.values()]
+
+    def canned_answer(
+        self, faq_id: str, language: str, *, locale: str | None, market: str | None
+    ) -> str | None:
+        where = locality_for(self.knowledge, language, locale_hint=locale, market=market)
+        try:
+            return self.localizer.curated(faq_id, where)
+        except KnowledgeError:
+            return None
+
+    async def translate_for_customer(
+        self,
+        text: str,
+        source: str | None,
+        target: str,
+        *,
+        locale: str | None = None,
+        market: str | None = None,
+        check: bool = False,
+    ) -> CustomerText:
+        scan = self.masker.scan(text)
+        if source is None:
+            detection = await asyncio.to_thread(self.detector.detect, text, scan=scan)
+            source = detection.language
+        where = locality_for(self.knowledge, target, locale_hint=locale, market=market)
+
+        def render(kind: str, span: str) -> str:
+            return self.render_span(kind, span, where)
+
+        try:  # the agents' path: sentence by sentence, examples from the memory
+            out = await self.agent_translator.translate(
+                text, source, target, render=render, scan=scan, check=check,
+                variant=f"{where.locale}/{where.market}",
+            )  # fmt: skip
+        except (LLMError, TranslationError) as exc:
+            return CustomerText(text, source, target, None, None, error=str(exc))
+        lost = tuple(w.message for w in out.warnings if w.code == "placeholder_lost")
+        notices = tuple((w.code, w.message) for w in out.warnings if w.code == "back_translation")
+        return CustomerText(
+            text, source, target, out.text, out.engine, out.similarity, lost,
+            notices=notices, back=out.back, agreement=out.agreement, ms=out.ms,
+        )  # fmt: skip
+
+    def remember_translation(self, source: str, target: str, text: str, translation: str) -> None:
+        self.translator.memory.add(source, target, text, translation)
+
+    def _detect(self, scan: Scan, context: TurnContext) -> Detection:
         if context.chosen_language in self.config.shop.languages:
             return Detection(context.chosen_language, 1.0, "chosen")
         hint = language_of(context.locale_hint)
-        return self.detector.detect(text, current=context.language, hint=hint)
+        return self.detector.detect(scan.text, current=context.language, hint=hint, scan=scan)
 
     async def _pivot(
-        self, text: str, language: str, pivot_lang: str, out: dict[str, Any], *, use_model: bool
+        self, scan: Scan, language: str, pivot_lang: str, out: dict[str, Any], *, use_model: bool
     ) -> str | None:
         try:
             translation = await self.translator.translate(
-                text, language, pivot_lang, use_model=use_model
+                scan.text, language, pivot_lang, use_model=use_model, scan=scan
             )
         except (LLMError, TranslationError) as exc:
             out.update(engine="none", error=f"{type(exc).__name__}: {exc}")
@@ -424,7 +557,7 @@ class Pipeline:
 
     async def _draft(
         self,
-        text: str,
+        scan: Scan,
         pivot: str | None,
         hits: list[Hit],
         where: Locality,
@@ -434,7 +567,7 @@ class Pipeline:
         *,
         ambiguous: bool = False,
     ) -> _Draft:
-        specifics = self.masker.find(text)
+        specifics = scan.spans
         route = choose_route(
             mode=self.config.generate.mode,
             model_ready=self.llm is not None,
@@ -450,7 +583,9 @@ class Pipeline:
             return self._curated(route.top.faq_id, where, trace, "curated")
         if route.path == "composed":
             return self._composed(route, specifics, where, trace)
-        return await self._generated(text, pivot, route, specifics, where, context, trace, on_delta)
+        return await self._generated(
+            scan.text, pivot, route, specifics, where, context, trace, on_delta
+        )
 
     def _composed(
         self,
@@ -667,6 +802,7 @@ class Pipeline:
             trace=trace,
             locality=where,
             reply_pivot=draft.reply_pivot,
+            choices=[{"id": i, "title": self.title(i, where.language)} for i in draft.choices],
         )
 
 

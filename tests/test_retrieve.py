@@ -3,12 +3,28 @@ and no FAQ for off-topic questions."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import tomllib
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from bot.knowledge import OUT_OF_SCOPE, Knowledge
+from bot.config import Config
+from bot.knowledge import OUT_OF_SCOPE, Knowledge, load_knowledge
 from bot.pipeline import Pipeline, TurnContext
-from bot.retrieve import ABSTAIN, ANSWER, CLARIFY, Hit, fit_head, variants
+from bot.retrieve import (
+    ABSTAIN,
+    ANSWER,
+    CLARIFY,
+    Embedder,
+    Hit,
+    Retriever,
+    build_index,
+    fit_head,
+    variants,
+)
 from tests.conftest import LANGUAGES, questions
 
 
@@ -95,12 +111,52 @@ def test_head_training_is_deterministic(knowledge: Knowledge) -> None:
     assert a.temperature == b.temperature
 
 
-def test_index_reload_picks_up_a_rebuilt_index(pipeline: Pipeline) -> None:
-    """Touching the index files makes the retriever reload them without a restart."""
-    import os
-    import time
+def test_index_reload_picks_up_a_rebuilt_index(config: Config, tmp_path: Path) -> None:
+    """After `bot index` rebuilds the index with a new FAQ entry, a retriever that reloads
+    answers questions about it; before, it could not."""
+    knowledge_dir = tmp_path / "knowledge"
+    shutil.copytree(config.shop.knowledge_dir, knowledge_dir)
+    # A small knowledge base (one topic, English only) keeps the two builds to seconds.
+    for path in (knowledge_dir / "faq").glob("*.toml"):
+        if path.name != "contact.toml":
+            path.unlink()
+    shutil.rmtree(knowledge_dir / "i18n")
+    off_topic = tomllib.loads((knowledge_dir / "out_of_scope.toml").read_text("utf-8"))
+    english = json.dumps(off_topic["examples"]["en"], ensure_ascii=False)
+    (knowledge_dir / "out_of_scope.toml").write_text(f"[examples]\nen = {english}\n", "utf-8")
+    index_dir = tmp_path / "index"
+    embedder = Embedder()
+    build_index(load_knowledge(knowledge_dir), index_dir, embedder, progress=False)
+    retriever = Retriever(index_dir, embedder)
+    question = "I avoid anything made from animals: are your hiking boots vegan?"
+    before = retriever.search([question], k=3)
+    assert "materials.vegan" not in [h.faq_id for h in before]
+    assert retriever.reload() is False  # nothing changed on disk
 
-    for path in pipeline.retriever.index_dir.iterdir():
-        os.utime(path, (time.time() + 5, time.time() + 5))
-    assert pipeline.retriever.reload() is True
-    assert pipeline.retriever.reload() is False
+    (knowledge_dir / "faq" / "materials.toml").write_text(VEGAN, "utf-8")
+    knowledge = load_knowledge(knowledge_dir)
+    build_index(knowledge, index_dir, embedder, progress=False)
+    assert retriever.reload() is True
+    assert retriever.fingerprint == knowledge.fingerprint
+    hits = retriever.search([question], k=3)
+    assert hits[0].faq_id == "materials.vegan", hits
+    assert retriever.decide(hits, "en").faq_ids == ("materials.vegan",)
+    assert retriever.reload() is False
+
+
+VEGAN = """topic = "materials"
+
+[[entry]]
+id = "materials.vegan"
+questions = [
+  "Are your products vegan?",
+  "Which of your shoes are vegan?",
+  "vegan boots",
+  "do you use animal leather",
+  "is this jacket made without animal products",
+  "cruelty free materials",
+  "are the sneakers vegan friendly",
+  "no wool or leather please, what can I buy",
+]
+answer = "Items marked Vegan on the product page contain no animal materials, glues included."
+"""

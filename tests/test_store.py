@@ -184,14 +184,19 @@ async def test_every_event_takes_the_next_seq_and_only_stored_ones_replay(store:
     assert (await store.conversation(conv.id)).last_seq == 3
 
 
-async def test_concurrent_messages_get_distinct_consecutive_seqs(store: Store) -> None:
-    """Seq allocation is atomic: 40 messages at once take 1..40, each once."""
+async def test_concurrent_messages_get_distinct_seqs(store: Store, empty_url: str) -> None:
+    """Seq allocation is atomic: 40 messages at once take 40 distinct seqs, each stored
+    once (consecutive on SQLite's one writer; PostgreSQL's concurrent writers each reserve
+    a block for the turn's typing, which leaves gaps)."""
     conv, _ = await store.create_conversation(language="en")
     results = await asyncio.gather(
         *(store.accept_message(conv.id, f"m{i}", f"message {i}") for i in range(40))
     )
-    assert sorted(r.ack.seq for r in results) == list(range(1, 41))
-    assert [e.seq for e in await store.events_after(conv.id, 0)] == list(range(1, 41))
+    seqs = sorted(r.ack.seq for r in results)
+    assert len(set(seqs)) == 40
+    assert [e.seq for e in await store.events_after(conv.id, 0)] == seqs
+    if empty_url.startswith("sqlite"):
+        assert seqs == list(range(1, 41))
 
 
 async def test_a_resent_message_id_is_stored_once(store: Store) -> None:
@@ -329,8 +334,8 @@ async def test_feedback_is_attached_to_a_message(store: Store) -> None:
 
 
 async def test_a_seq_sent_but_not_stored_is_never_handed_out_again(empty_url: str) -> None:
-    """A typing event's seq is committed before it is sent: after a restart the next
-    stored event takes the seq after it."""
+    """A typing event's seq is reserved before it is sent: after a restart the next
+    stored event takes a higher one (the rest of the reserved block is a gap)."""
     config = DatabaseConfig(url=empty_url)
     async with Store(config) as store:
         await store.upgrade()
@@ -339,7 +344,7 @@ async def test_a_seq_sent_but_not_stored_is_never_handed_out_again(empty_url: st
         assert await store.next_seq(conv.id) == 2  # sent as `typing`, then the process dies
     async with Store(config) as store:
         again = await store.accept_message(conv.id, "m2", "are you there?")
-    assert again.ack.seq == 3
+    assert again.ack.seq > 2
 
 
 # -- retention and erasure ------------------------------------------------------------------

@@ -7,9 +7,13 @@ import asyncio
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.config import GENERATE_MODES, Config
+
+if TYPE_CHECKING:
+    from bot.store import Pick
+from bot.evals import translate_cli
 
 Handler = Callable[[argparse.Namespace, Config], int]
 DEFAULT_REPLY_CASES = Path("tests/data/replies")
@@ -44,11 +48,19 @@ def register(subparsers: Any) -> dict[str, Handler]:
         + ", ".join(str(d) for d in DEFAULT_RETRIEVAL_CASES) + ")",
     )  # fmt: skip
     p.add_argument("--lang", action="append", help="only these languages (repeatable)")
+    p.add_argument(
+        "--picks", action="store_true", help="also the customers' clarify picks (database)"
+    )
     p.add_argument("--out", type=Path, help="write retrieval.json and retrieval_curve.png here")
     p.add_argument("--examples", type=int, default=10, help="confidently wrong cases to print")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_retrieval)
-    return {"replies": cmd_replies, "retrieval": cmd_retrieval}
+
+    p = sub.add_parser("picks", help="customers' clarify picks as labelled retrieval cases")
+    p.add_argument("--out", type=Path, help="write them as LL.toml case files in this folder")
+    p.set_defaults(func=cmd_picks)
+    handlers = {"replies": cmd_replies, "retrieval": cmd_retrieval, "picks": cmd_picks}
+    return handlers | translate_cli.register(sub)
 
 
 def cmd_replies(args: argparse.Namespace, config: Config) -> int:
@@ -84,6 +96,9 @@ def cmd_retrieval(args: argparse.Namespace, config: Config) -> int:
     from bot.retrieve import Embedder, Retriever
 
     cases = retrieval.load_cases(args.cases or DEFAULT_RETRIEVAL_CASES, args.lang)
+    if args.picks:
+        picked = retrieval.pick_cases(asyncio.run(_picks(config)))
+        cases += [c for c in picked if not args.lang or c.language in args.lang]
     retriever = Retriever(config.retrieve.index_dir, Embedder())
     outcomes = retrieval.run(retriever, cases, progress=not args.quiet)
     print(f"{len(cases)} cases; index {retriever.fingerprint}", file=sys.stderr)
@@ -92,3 +107,23 @@ def cmd_retrieval(args: argparse.Namespace, config: Config) -> int:
         for path in retrieval.write(outcomes, args.out):
             print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def cmd_picks(args: argparse.Namespace, config: Config) -> int:
+    from bot.evals import retrieval
+
+    picks = asyncio.run(_picks(config))
+    for pick in picks:
+        print(f"[{pick.language}] {pick.question[:70]!r} -> {pick.faq_id}  (of {pick.offered})")
+    print(f"{len(picks)} picks", file=sys.stderr)
+    if args.out:
+        for path in retrieval.write_picks(picks, args.out):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+async def _picks(config: Config) -> list[Pick]:
+    from bot.store import Store
+
+    async with Store(config.database) as store:
+        return await store.clarify_picks()

@@ -5,7 +5,10 @@ tune wording): ``tests/data/questions/LL.toml`` (held-out questions, ``faq = "id
 for off-topic), ``tests/data/replies/LL.toml`` (long turn-specific messages, ``faq`` = the
 acceptable ids) and ``tests/data/retrieval_dev/LL.toml`` (customer phrasing: typos, no
 accents, very short, rambling with an order number, code-switching; off-topic and
-shop-sounding questions no entry answers, ``faq = ""``).
+shop-sounding questions no entry answers, ``faq = ""``). With ``--picks``, also the
+customers' picks between a clarify reply's choices, from the database (``pick_cases``): the
+question they asked, labelled with the entry they chose. ``bot eval picks`` writes those as
+case files of the same format.
 
 Per language: top-1 / top-3 of the ranking; what ``Retriever.decide`` does with answerable
 cases (answered right, answered wrong = "confidently wrong", clarify, abstain) and how many
@@ -27,6 +30,7 @@ from tqdm import tqdm
 
 from bot.knowledge import OUT_OF_SCOPE
 from bot.retrieve import ANSWER, CLARIFY, Retriever
+from bot.store import Pick
 
 DEFAULT_SETS = (
     Path("tests/data/questions"),
@@ -83,6 +87,40 @@ def load_cases(dirs: Iterable[Path], languages: Sequence[str] | None = None) -> 
                 ids = tuple(i for i in ids if i)
                 cases.append(Case(directory.name, path.stem, raw["text"], ids))
     return cases
+
+
+def pick_cases(picks: Iterable[Pick]) -> list[Case]:
+    """Customers' clarify picks as cases of the set ``picks``: the question, the chosen id."""
+    return [Case("picks", p.language, p.question, (p.faq_id,)) for p in picks if p.language]
+
+
+def write_picks(picks: Sequence[Pick], directory: Path) -> list[Path]:
+    """The picks as ``LL.toml`` case files (the development-set format), one per language."""
+    directory.mkdir(parents=True, exist_ok=True)
+    by_language: dict[str, list[Pick]] = {}
+    for pick in picks:
+        if pick.language:
+            by_language.setdefault(pick.language, []).append(pick)
+    paths = []
+    for language, mine in sorted(by_language.items()):
+        lines = [
+            f"# Customers' picks between a clarify reply's choices ({language}), from the",
+            "# database: the question asked, labelled with the entry chosen. `bot eval picks`.",
+            f'language = "{language}"',
+        ]
+        for pick in mine:
+            lines += [
+                "",
+                "[[case]]",
+                f"text = {json.dumps(pick.question, ensure_ascii=False)}",
+                f"faq = {json.dumps(pick.faq_id)}",
+                f"offered = {json.dumps(pick.offered)}",
+                f"at = {json.dumps(pick.at.isoformat(timespec='seconds'))}",
+            ]
+        path = directory / f"{language}.toml"
+        path.write_text("\n".join(lines) + "\n", "utf-8")
+        paths.append(path)
+    return paths
 
 
 def run(retriever: Retriever, cases: Sequence[Case], *, progress: bool = True) -> list[Outcome]:

@@ -25,27 +25,31 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from http.cookies import SimpleCookie
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
+from bot import frames
 from bot.auth import same
 from bot.config import Config
-from bot.errors import KnowledgeError, LLMError, ProtocolError, TranslationError
-from bot.localize import locality_for
-from bot.pipeline import Pipeline
+from bot.errors import ProtocolError
 from bot.server import protocol
 from bot.server.ratelimit import LogThrottle
 from bot.server.rooms import Hub, Room
 from bot.server.texts import Texts
+from bot.service import BotService, CustomerText
 from bot.store import AgentInfo, ConversationInfo, Store
 from bot.translate import normalize
+
+if TYPE_CHECKING:
+    from bot.replay.runner import InProcess
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +128,7 @@ class Desk:
         tickets = await self.store.tickets() if self.agents else []
         for ws, agent in list(self.agents.items()):
             queue = await self.store.queue(agent.id)
-            broadcast([ws], protocol.encode(queue_frame(queue, tickets)))
-
-
-def queue_frame(queue: list[dict[str, Any]], tickets: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"type": "queue", "conversations": queue, "tickets": tickets}
+            broadcast([ws], protocol.encode(frames.queue(conversations=queue, tickets=tickets)))
 
 
 @dataclass(frozen=True)
@@ -139,8 +139,11 @@ class AgentHandler:
     store: Store
     hub: Hub
     desk: Desk
-    pipeline: Pipeline
+    pipeline: BotService
     texts: Texts
+    # The conversation as a replay test: the replay runner needs the concrete pipeline,
+    # which only the composition root (bot.server.app) holds. None: not offered.
+    replayer: Callable[[], InProcess] | None = None
     quiet: LogThrottle = field(default_factory=LogThrottle)
 
     async def __call__(self, ws: ServerConnection) -> None:
@@ -197,18 +200,15 @@ class AgentSession:
     async def hello(self) -> None:
         store, desk = self.shared.store, self.shared.desk
         desk.agents[self.ws] = self.agent
-        knowledge = self.shared.pipeline.knowledge
-        faqs = [{"id": e.id, "question": e.questions[0]} for e in knowledge.entries.values()]
         await self.send(
-            {
-                "type": "ready",
-                "v": protocol.VERSION,
-                "agent": {"name": self.agent.name, "role": self.agent.role},
-                "languages": list(self.shared.config.shop.languages),
-                "faqs": faqs,
-            }
+            frames.ready(
+                agent={"name": self.agent.name, "role": self.agent.role},
+                languages=self.shared.config.shop.languages,
+                faqs=self.shared.pipeline.faqs(),
+            )
         )
-        await self.send(queue_frame(await store.queue(self.agent.id), await store.tickets()))
+        queue, tickets = await store.queue(self.agent.id), await store.tickets()
+        await self.send(frames.queue(conversations=queue, tickets=tickets))
 
     async def dispatch(self, data: str | bytes) -> None:
         frame: dict[str, Any] = {}
@@ -240,25 +240,26 @@ class AgentSession:
         store = self.shared.store
         messages = [_message(m, trace=trace) for m in await store.messages(conv.id)]
         await self.send(
-            {
-                "type": "transcript",
-                "conversation": conv.id,
-                "status": conv.status,
-                "owner": conv.agent_id == self.agent.id,
-                "lang": conv.language,
-                "locale": conv.locale,
-                "messages": messages,
-                "notes": await store.notes(conv.id),
-            }
+            frames.transcript(
+                conversation=conv.id,
+                status=conv.status,
+                owner=conv.agent_id == self.agent.id,
+                lang=conv.language,
+                locale=conv.locale,
+                messages=messages,
+                notes=await store.notes(conv.id),
+            )
         )
 
     async def replay(self, frame: dict[str, Any]) -> None:
         """The conversation as a replay file (docs/replay.md) with what each turn showed the
         customer pinned as expectations, and its cassette: a QA team's regression case."""
-        from bot.replay import record, runner
+        from bot.replay import record
 
         conv = await self.visible(frame)
-        replayer = runner.InProcess(self.shared.pipeline)
+        if self.shared.replayer is None:
+            raise AgentError("replay export is not available on this server", code="internal")
+        replayer = self.shared.replayer()
         exported, shown = await record.export(self.shared.store, replayer, conv.id)
         name = f"{conv.id}.yaml"
         _, cassette, text = await record.record_new(
@@ -266,13 +267,7 @@ class AgentSession:
             stored={conv.id: shown}, model=False, pin_expectations=True,
         )  # fmt: skip
         await self.send(
-            {
-                "type": "replay",
-                "conversation": conv.id,
-                "file": name,
-                "yaml": text,
-                "cassette": cassette.dumps(),
-            }
+            frames.replay(conversation=conv.id, file=name, yaml=text, cassette=cassette.dumps())
         )
 
     async def claim(self, frame: dict[str, Any]) -> None:
@@ -295,17 +290,32 @@ class AgentSession:
     async def preview(self, frame: dict[str, Any]) -> None:
         conv = await self.visible(frame)
         text, source = _text(frame), self.source_language(frame)
-        out = await self.translate(conv, text, source)
-        await self.send({"type": "preview", "conversation": conv.id, "id": frame.get("id"), **out})
+        # The preview also reads a model translation back (the agent sees if it drifted);
+        # sending it afterwards reuses this translation.
+        out, warnings = await self.translate(conv, text, source, check=True)
+        await self.send(
+            frames.preview(
+                conversation=conv.id,
+                id=frame.get("id"),
+                text=text,
+                lang=conv.language,
+                delivered=out.delivered,
+                engine=out.engine,
+                warnings=warnings,
+                back=out.back,
+                agreement=out.agreement,
+                ms=out.ms,
+            )
+        )
 
     async def message(self, frame: dict[str, Any]) -> None:
         conv = await self.owned(frame)
         text, source = _text(frame), self.source_language(frame)
-        out = await self.translate(conv, text, source)
-        delivered = out["delivered"]
+        out, warnings = await self.translate(conv, text, source)
+        delivered = out.delivered
         if delivered is None:
             if frame.get("untranslated") is not True:
-                raise AgentError(out["warnings"][0]["message"], code="translation_failed")
+                raise AgentError(warnings[0]["message"], code="translation_failed")
             delivered = text
         store = self.shared.store
         room = self.shared.hub.acquire(conv.id)
@@ -325,32 +335,27 @@ class AgentSession:
             self.shared.hub.release(room)
         if event is None:
             raise AgentError("this conversation is not yours", code="not_owner")
-        if (
-            frame.get("approve") is True
-            and out["delivered"] is not None
-            and source != conv.language
-        ):
+        if frame.get("approve") is True and out.delivered is not None and source != conv.language:
             await store.add_translation(
                 source, conv.language, text, delivered,
                 key=normalize(text), origin="agent", approved_by=self.agent.name,
             )  # fmt: skip
-            self.shared.pipeline.translator.memory.add(source, conv.language, text, delivered)
+            self.shared.pipeline.remember_translation(source, conv.language, text, delivered)
         await self.send(
-            {
-                "type": "sent",
-                "conversation": conv.id,
-                "id": frame.get("id"),
-                "seq": event.seq,
-                "delivered": delivered,
-                "approved": frame.get("approve") is True,
-            }
+            frames.sent(
+                conversation=conv.id,
+                id=frame.get("id"),
+                seq=event.seq,
+                delivered=delivered,
+                approved=frame.get("approve") is True,
+            )
         )
 
     async def note(self, frame: dict[str, Any]) -> None:
         conv = await self.visible(frame)
         note = await self.shared.store.add_note(conv.id, self.agent.id, _text(frame))
         note["agent"] = self.agent.name
-        out = {"type": "note", "conversation": conv.id, "note": note}
+        out = frames.note(conversation=conv.id, note=note)
         room = self.shared.hub.get(conv.id)
         if room is not None and self.ws in room.watchers:
             room.notify(out)
@@ -360,11 +365,11 @@ class AgentSession:
     async def typing(self, frame: dict[str, Any]) -> None:
         conv = await self.owned(frame)
         room = self.shared.hub.get(conv.id)
-        if room is None or not room.sockets:
-            return  # the customer is not connected: nothing to show
+        if room is None or not (room.sockets or self.shared.hub.bus.distributed):
+            return  # the customer is not connected (here, nor maybe elsewhere): nothing to show
         async with room.emit_lock:
             seq = await self.shared.store.next_seq(conv.id)
-            room.send({"type": "typing", "seq": seq, "who": "agent"})
+            room.send(frames.typing(seq, who="agent"))
 
     async def release(self, frame: dict[str, Any]) -> None:
         await self.hand_back(frame, "bot", "agent_left")
@@ -385,7 +390,7 @@ class AgentSession:
         if not events:
             raise AgentError("this conversation is not yours", code="not_owner")
         self.shared.hub.queue_changed.set()
-        await self.send({"type": "released", "conversation": conv.id, "status": status})
+        await self.send(frames.released(conversation=conv.id, status=status))
 
     async def reassign(self, frame: dict[str, Any]) -> None:
         if not self.agent.admin:
@@ -398,31 +403,22 @@ class AgentSession:
         if not await self.shared.store.reassign(conv.id, target.id):
             raise AgentError("the conversation is not with an agent", code="not_owner")
         self.shared.hub.queue_changed.set()
-        await self.send({"type": "reassigned", "conversation": conv.id, "agent": target.name})
+        await self.send(frames.reassigned(conversation=conv.id, agent=target.name))
 
     async def canned(self, frame: dict[str, Any]) -> None:
         """A curated FAQ answer as the customer would read it (their language, market)."""
         conv = await self.visible(frame)
         faq = frame.get("faq")
-        pipeline = self.shared.pipeline
-        where = locality_for(
-            pipeline.knowledge, conv.language, locale_hint=conv.locale, market=conv.market
+        text = (
+            self.shared.pipeline.canned_answer(
+                faq, conv.language, locale=conv.locale, market=conv.market
+            )
+            if isinstance(faq, str)
+            else None
         )
-        try:
-            text = pipeline.localizer.curated(str(faq), where) if isinstance(faq, str) else None
-        except KnowledgeError:
-            text = None
-        if text is None:
+        if text is None or not isinstance(faq, str):
             raise AgentError("no such FAQ answer", code="not_found")
-        await self.send(
-            {
-                "type": "canned",
-                "conversation": conv.id,
-                "faq": faq,
-                "text": text,
-                "lang": conv.language,
-            }
-        )
+        await self.send(frames.canned(conversation=conv.id, faq=faq, text=text, lang=conv.language))
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -454,44 +450,28 @@ class AgentSession:
             raise AgentError("'lang' must be a launch language", code="bad_frame")
         return str(lang)
 
-    async def translate(self, conv: ConversationInfo, text: str, source: str) -> dict[str, Any]:
-        """``delivered`` (None when it failed), ``engine`` and ``warnings``: a failed
-        translation, a fuzzy translation-memory match, or a protected span (order number,
-        amount, glossary term) lost."""
-        pipeline = self.shared.pipeline
-        where = locality_for(
-            pipeline.knowledge, conv.language, locale_hint=conv.locale, market=conv.market
+    async def translate(
+        self, conv: ConversationInfo, text: str, source: str, *, check: bool = False
+    ) -> tuple[CustomerText, list[frames.PreviewWarning]]:
+        """What the customer would read (``delivered`` None when translation failed) and
+        the warnings: a failed translation, a fuzzy translation-memory match (of the reply
+        or one of its sentences), a protected span (order number, amount, glossary term)
+        lost, or (``check``) a back-translation that disagrees with what was written."""
+        out = await self.shared.pipeline.translate_for_customer(
+            text, source, conv.language, locale=conv.locale, market=conv.market, check=check
         )
-
-        def render(kind: str, span: str) -> str:
-            return pipeline.render_span(kind, span, where)
-
-        warnings: list[dict[str, str]] = []
-        try:
-            translation = await pipeline.translator.translate(
-                text, source, conv.language, render=render
-            )
-        except (LLMError, TranslationError) as exc:
-            warnings.append({"code": "translation_failed", "message": str(exc)})
-            return {"text": text, "lang": conv.language, "delivered": None, "engine": None,
-                    "warnings": warnings}  # fmt: skip
-        delivered = translation.text
-        if translation.engine == "memory" and translation.similarity < 1.0:
+        warnings: list[frames.PreviewWarning] = []
+        if out.delivered is None:
+            warnings.append({"code": "translation_failed", "message": out.error or ""})
+        elif out.similarity < 1.0:
             # A near match from the translation memory: right for a similar sentence.
-            message = f"a similar sentence's approved translation ({translation.similarity:.2f})"
+            message = f"a similar sentence's approved translation ({out.similarity:.2f})"
             warnings.append({"code": "fuzzy_memory", "message": message})
-        for span in pipeline.translator.masker.find(text):
-            if span.text not in delivered and render(span.kind, span.text) not in delivered:
-                warnings.append({"code": "placeholder_lost", "message": span.text})
-        return {
-            "text": text,
-            "lang": conv.language,
-            "delivered": delivered,
-            "engine": translation.engine,
-            "warnings": warnings,
-        }
+        warnings += [{"code": "placeholder_lost", "message": span} for span in out.lost]
+        warnings += [{"code": code, "message": message} for code, message in out.notices]
+        return out, warnings
 
-    async def send(self, frame: dict[str, Any]) -> None:
+    async def send(self, frame: frames.AgentFrame) -> None:
         await self.ws.send(protocol.encode(frame))
 
     def detach(self) -> None:
@@ -539,12 +519,10 @@ def _text(frame: dict[str, Any]) -> str:
     return text
 
 
-def _error(code: str, message: str, frame: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "error", "code": code, "message": message}
-    for key in ("conversation", "id"):
-        if isinstance(frame.get(key), str):
-            out[key] = frame[key]
-    return out
+def _error(code: str, message: str, frame: dict[str, Any]) -> frames.AgentError:
+    return frames.agent_error(
+        code, message, conversation=frame.get("conversation"), id=frame.get("id")
+    )
 
 
 def _message(row: dict[str, Any], *, trace: bool) -> dict[str, Any]:

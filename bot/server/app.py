@@ -1,7 +1,7 @@
 """The server's lifespan: every shared resource, opened in order and closed in reverse.
 
-    async with App(config) as app:      # store (schema checked), model client, embedded
-        await stop.wait()               # engine, pipeline (built in a thread), server
+    async with App(config) as app:      # store (schema checked), Redis bus (if any), model
+        await stop.wait()               # client, embedded engine, pipeline, server
 
 On exit: stop accepting, let turns in flight finish for ``grace`` seconds (then cancel
 them: their messages are answered when the customer resumes), close sockets with 1001,
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from functools import partial
 from types import TracebackType
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -23,7 +24,9 @@ from websockets.frames import CloseCode
 from bot.config import Config
 from bot.errors import ModelError
 from bot.llm import LLMClient
+from bot.logcontent import keep_content_out_of_logs
 from bot.pipeline import Pipeline
+from bot.replay.runner import InProcess
 from bot.server.admission import Admission
 from bot.server.agent import AGENT_PATH, AgentHandler, Desk
 from bot.server.chat import ChatHandler
@@ -91,8 +94,15 @@ class App:
 
     async def _start(self) -> None:
         stack, config = self._stack, self.config
-        self.store = await stack.enter_async_context(Store(config.database))
+        keep_content_out_of_logs(config.privacy.log_content)
+        store = Store(config.database, log_content=config.privacy.log_content)
+        self.store = await stack.enter_async_context(store)
         await self.store.check_schema()
+        if config.bus.redis_url:  # several processes: events and turn locks through Redis
+            from bot.server.bus import RedisBus
+
+            self.hub.bus = await stack.enter_async_context(RedisBus(config.bus, self.hub.receive))
+            self.hub.numbered_elsewhere = self.store.numbered_elsewhere
         self.llm = None
         if self._given_pipeline is not None:
             self.pipeline = self._given_pipeline
@@ -130,7 +140,7 @@ class App:
         )
         agents = AgentHandler(
             config=config, store=self.store, hub=self.hub, desk=desk,
-            pipeline=self.pipeline, texts=texts,
+            pipeline=self.pipeline, texts=texts, replayer=partial(InProcess, self.pipeline),
         )  # fmt: skip
         console = ConsoleRoutes(
             config=config.console,
@@ -214,10 +224,9 @@ class App:
         return self._engine_error
 
     async def _load_translation_memory(self) -> None:
-        memory = self.pipeline.translator.memory
         entries = await self.store.approved_translations()
         for source, target, text, translation in entries:
-            memory.add(source, target, text, translation)
+            self.pipeline.remember_translation(source, target, text, translation)
         if entries:
             log.info("loaded %d approved translations", len(entries))
 

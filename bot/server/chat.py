@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
+from bot import frames
 from bot.config import ServerConfig
 from bot.errors import ProtocolError
 from bot.redact import redact
@@ -118,7 +120,7 @@ class Session:
             elif isinstance(frame, protocol.TicketFrame):
                 await self.ticket(self.room, frame)
             else:
-                self.room.notify({"type": "customer.typing", "conversation": self.room.id})
+                self.room.notify(frames.customer_typing(self.room.id))
         except ProtocolError as exc:
             self.quiet.log(
                 log, logging.DEBUG, exc.code, "refused frame from %s: %s", self.address, exc
@@ -146,22 +148,37 @@ class Session:
             await self.resume(frame.resume, frame.locale, frame.last_seq)
 
     async def start(self, locale: str) -> None:
-        """A new conversation: one write, and nothing to replay or answer."""
+        """A new conversation: the welcome, then its one write. The welcome does not wait
+        for the database (behind other turns' writes on SQLite): nothing of the conversation
+        is numbered or acknowledged before the row exists (this socket's next frame is read
+        after it), and should the process die in between, the token resumes nothing
+        (``bad_resume``) and the client starts again, having lost nothing."""
         self.shared.admission.new_conversation(self.address)
         market = self.shared.texts.market_of(locale)
-        conv, token = await self.shared.store.create_conversation(
-            language=self.language, locale=locale, market=market
-        )
+        store = self.shared.store
+        conv, token = store.draft_conversation(language=self.language, locale=locale, market=market)
         room = self.room = self.shared.hub.acquire(conv.id)
         async with room.emit_lock:
             await self.send(protocol.welcome(conv.id, token, conv.last_seq, conv.language))
+            try:
+                await store.save_conversation(conv, token)
+            except Exception:  # the client holds a conversation that does not exist
+                self.detach()
+                await self.ws.close(CloseCode.INTERNAL_ERROR, "server error")
+                raise
             room.sockets.add(self.ws)
 
     async def resume(self, token: str, locale: str, last_seq: int) -> None:
-        store = self.shared.store
-        conv = await store.find_by_resume(token)
-        if conv is None:
-            raise ProtocolError("unknown resume token", code="bad_resume")
+        store, config = self.shared.store, self.shared.config
+        resumed = await store.resume(
+            token, idle_ttl=config.resume_token_ttl, grace=config.resume_token_grace
+        )
+        if resumed.conversation is None:
+            self.shared.metrics.errors.labels("bad_resume").inc()
+            text = self.shared.texts.error("bad_resume", self.language, self.locale)
+            await self.send(protocol.error("bad_resume", text, reason=resumed.refused))
+            return
+        conv, token = resumed.conversation, resumed.token  # rotated: the old one is retired
         if conv.locale != locale:  # the customer picked another language
             market = self.shared.texts.market_of(locale)
             await store.set_locale(conv.id, locale, self.language, market)
@@ -197,7 +214,11 @@ class Session:
         if self.shared.redact_stored:
             text = redact(text).text
         async with room.emit_lock:
-            accepted = await self.shared.store.accept_message(room.id, frame.id, text)
+            if frame.choice is not None:  # a clarify button: one the last reply offered
+                await self.check_choice(room, frame)
+            accepted = await self.shared.store.accept_message(
+                room.id, frame.id, text, choice=frame.choice
+            )
             if accepted.created:
                 room.send(accepted.ack.frame())
             else:  # a resend: the original ack, to this socket only
@@ -210,6 +231,16 @@ class Session:
             # The bot answers it, or (an agent has the conversation) it is annotated with
             # its language and English pivot for the agent (bot.server.turns).
             self.shared.turns.schedule(room, accepted.message)
+
+    async def check_choice(self, room: Room, frame: protocol.Message) -> None:
+        """``bad_frame`` unless ``frame.choice`` is one of the latest reply's choices (a
+        resend of a stored message is not checked again: the reply has moved on)."""
+        store = self.shared.store
+        if await store.message(room.id, frame.id) is not None:
+            return
+        choice = frame.choice or ""
+        if choice not in await store.offered_choices(room.id):
+            raise ProtocolError(f"'choice' {choice!r} was not offered")
 
     async def handoff(self, room: Room) -> None:
         self.shared.admission.spend(room.id, self.address)
@@ -248,7 +279,7 @@ class Session:
 
     # -- sending ----------------------------------------------------------------------------
 
-    async def send(self, frame: dict[str, object]) -> None:
+    async def send(self, frame: Mapping[str, object]) -> None:
         await self.ws.send(protocol.encode(frame))
 
     async def error(self, code: str, message_id: str | None = None, **values: str) -> None:

@@ -30,11 +30,11 @@ from websockets.http11 import Request, Response
 
 from bot.config import ServerConfig
 from bot.llm import LLMClient
-from bot.pipeline import Pipeline
 from bot.server import metrics as metrics_module
 from bot.server.metrics import Metrics
 from bot.server.protocol import encode
 from bot.server.ratelimit import LogThrottle
+from bot.service import BotService
 from bot.store import Store
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def text_response(status: HTTPStatus, text: str) -> Response:
 class Routes:
     config: ServerConfig
     store: Store
-    pipeline: Pipeline
+    pipeline: BotService
     llm: LLMClient | None
     metrics: Metrics
     static: dict[str, bytes]
@@ -140,14 +140,12 @@ class Routes:
         return None
 
     def i18n(self, lang: str) -> Response:
-        knowledge = self.pipeline.knowledge
-        if lang not in self.pipeline.config.shop.languages:
+        if lang not in self.pipeline.languages:
             return text_response(HTTPStatus.NOT_FOUND, "unknown language")
         body = self._i18n.get(lang)
         if body is None:
-            settings = knowledge.languages.get(lang)
-            direction = settings.direction if settings else "ltr"
-            body = encode({"lang": lang, "dir": direction, "ui": knowledge.ui(lang)}).encode()
+            direction, ui = self.pipeline.ui_strings(lang)
+            body = encode({"lang": lang, "dir": direction, "ui": ui}).encode()
             self._i18n[lang] = body
         return response(HTTPStatus.OK, body, _JSON, cors=True)
 
@@ -159,7 +157,8 @@ class Routes:
             "status": "ok" if db else "error",
             "db": "ok" if db else "error",
             "engine": "failed" if failure and engine != "ok" else engine,
-            "index": self.pipeline.retriever.fingerprint,
+            "index": self.pipeline.index_fingerprint,
+            "model": self.llm.config.request_model if self.llm is not None else None,
             "connections": self.metrics.open_connections,
         }
         if failure and engine != "ok":

@@ -1,24 +1,35 @@
 """The customer chat protocol, version 1 (docs/protocol.md): client frames parsed into
-values, server frames built from values. No I/O here.
+values. No I/O here.
 
 Client frames (``->``): ``hello``, ``message``, ``handoff.request``, ``handoff.cancel``,
 ``ticket``, ``typing``.
-Server events (``<-``): ``welcome``, ``ack``, ``typing``, ``reply.delta``, ``reply``,
-``handoff``, ``handoff.cancelled``, ``handoff.timeout``, ``agent.joined``,
-``agent.message``, ``agent.left``, ``system``, ``error``.
-The widget (bot/static/widget.js) mirrors these.
+Server events (``<-``) are built in one place, bot/frames.py (``welcome``, ``ack``,
+``typing``, ``reply.delta``, ``reply``, ``handoff``, ... ``error``), and encoded here.
+The widget (bot/static/widget.js) mirrors both.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from bot.errors import ProtocolError
+from bot.frames import STORED_EVENTS, TRANSIENT_EVENTS, VERSION, error, welcome
 
-VERSION = 1
+__all__ = [
+    "STORED_EVENTS",
+    "TRANSIENT_EVENTS",
+    "VERSION",
+    "ClientFrame",
+    "encode",
+    "error",
+    "parse",
+    "welcome",
+]
+
 MAX_ID_CHARS = 64
 MAX_LOCALE_CHARS = 35
 MAX_TOKEN_CHARS = 100
@@ -30,22 +41,6 @@ _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 # Removed from stored text: NUL and the other control characters but newline and tab, and
 # the bidi embeddings, overrides and isolates that make text display other than it reads.
 _UNSTORED = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-# Events kept in the replay log; the others are sent once and never replayed.
-STORED_EVENTS = frozenset(
-    {
-        "ack",
-        "reply",
-        "handoff",
-        "handoff.cancelled",
-        "handoff.timeout",
-        "agent.joined",
-        "agent.message",
-        "agent.left",
-        "system",
-    }
-)
-TRANSIENT_EVENTS = frozenset({"typing", "reply.delta"})
 
 ERROR_CODES = (
     "bad_frame",
@@ -70,6 +65,7 @@ class Hello:
 class Message:
     id: str
     text: str
+    choice: str | None = None  # the FAQ id of a clarify button (one of the reply's choices)
 
 
 @dataclass(frozen=True)
@@ -119,7 +115,13 @@ def parse(data: str | bytes) -> ClientFrame:
         message_id = _string(frame, "id", max_chars=MAX_ID_CHARS)
         if _CONTROL.search(message_id):
             raise ProtocolError("'id' holds control characters")
-        return Message(id=message_id, text=clean_text(_string(frame, "text", allow_empty=True)))
+        text = clean_text(_string(frame, "text", allow_empty=True))
+        if frame.get("choice") is None:
+            return Message(id=message_id, text=text)
+        choice = _string(frame, "choice", max_chars=MAX_ID_CHARS)
+        if _CONTROL.search(choice):
+            raise ProtocolError("'choice' holds control characters")
+        return Message(id=message_id, text=text, choice=choice)
     if kind == "handoff.request":
         return HandoffRequest()
     if kind == "handoff.cancel":
@@ -176,26 +178,8 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-# -- server frames ---------------------------------------------------------------------------
+# -- server frames (built in bot/frames.py) ---------------------------------------------------
 
 
-def encode(frame: dict[str, Any]) -> str:
+def encode(frame: Mapping[str, Any]) -> str:
     return json.dumps(frame, ensure_ascii=False, separators=(",", ":"))
-
-
-def welcome(conversation: str, resume: str, seq: int, lang: str) -> dict[str, Any]:
-    return {
-        "type": "welcome",
-        "v": VERSION,
-        "conversation": conversation,
-        "resume": resume,
-        "seq": seq,
-        "lang": lang,
-    }
-
-
-def error(code: str, message: str, message_id: str | None = None) -> dict[str, Any]:
-    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
-    if message_id is not None:
-        frame["id"] = message_id
-    return frame

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 from bot.errors import KnowledgeError
-from bot.localize import language_of, locality_for
-from bot.pipeline import Pipeline
+from bot.localize import language_of
+from bot.service import BotService
 
 _LOCALE_RE = re.compile(r"^[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8})*$")
 # Error codes without their own sentence in knowledge/i18n use one of these instead.
@@ -31,11 +31,10 @@ def region_of(locale: str) -> str | None:
 
 
 class Texts:
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.pipeline = pipeline
-        shop = pipeline.config.shop
-        self.languages = shop.languages
-        self.default_language = shop.default_language
+    def __init__(self, bot: BotService) -> None:
+        self.bot = bot
+        self.languages = bot.languages
+        self.default_language = bot.default_language
 
     def language_of(self, locale: str | None) -> str:
         """A locale reduced to a supported language, else the shop's default."""
@@ -47,13 +46,10 @@ class Texts:
         region = region_of(locale) if locale else None
         if region is None:
             return None
-        return self.pipeline.knowledge.market_code(
-            language=self.language_of(locale), country=region
-        )
+        return self.bot.market(self.language_of(locale), region)
 
     def message(self, key: str, language: str, locale: str | None, **values: str) -> str:
-        where = locality_for(self.pipeline.knowledge, language, locale_hint=locale)
-        return self.pipeline.localizer.message(key, where, **values)
+        return self.bot.system_text(key, language, locale, **values)
 
     def error(self, code: str, language: str, locale: str | None, **values: str) -> str:
         """``error_<code>`` in the customer's language (a close one when there is none)."""

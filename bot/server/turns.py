@@ -17,16 +17,15 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
 
-from bot.errors import LLMError, TranslationError
+from bot import frames
 from bot.handoff import Asked
-from bot.localize import language_of
-from bot.pipeline import Pipeline, TurnContext, TurnResult
+from bot.pipeline import TurnContext, TurnResult
 from bot.server.metrics import Metrics
-from bot.server.protocol import error
 from bot.server.rooms import Hub, Room
 from bot.server.texts import Texts
+from bot.service import BotService
 from bot.store import ConversationInfo, Reply, Store, StoredMessage
 
 log = logging.getLogger(__name__)
@@ -39,7 +38,7 @@ class Turns:
         self,
         *,
         store: Store,
-        pipeline: Pipeline,
+        pipeline: BotService,
         hub: Hub,
         texts: Texts,
         metrics: Metrics,
@@ -83,6 +82,8 @@ class Turns:
         conv: ConversationInfo | None = None
         try:
             async with room.turn_lock:
+                if await self._answered_elsewhere(room, message):
+                    return
                 conv = await self.store.conversation(room.id)
                 if self.bot_answers(conv.status):
                     await self._answer(room, conv, message)
@@ -95,37 +96,32 @@ class Turns:
             self.metrics.errors.labels("internal").inc()
             language = conv.language if conv else self.texts.default_language
             text = self.texts.error("internal", language, conv.locale if conv else None)
-            room.send(error("internal", text, message.client_id))
+            room.send(frames.error("internal", text, message.client_id))
         finally:
             room.in_flight.discard(key)
             self.hub.release(room)
+
+    async def _answered_elsewhere(self, room: Room, message: StoredMessage) -> bool:
+        """Another server process answered it while this one waited for the turn lock."""
+        if not self.hub.bus.distributed or message.client_id is None or message.replied:
+            return False
+        current = await self.store.message(room.id, message.client_id)
+        return current is not None and current.replied
 
     def bot_answers(self, status: str) -> bool:
         return bot_answers(status, answer_while_queued=self.answer_while_queued)
 
     async def _annotate(self, room: Room, conv: ConversationInfo, message: StoredMessage) -> None:
         """No bot reply: record the message's language and English pivot for the agent."""
-        hint = language_of(conv.locale)
-        detection = await asyncio.to_thread(
-            self.pipeline.detector.detect, message.text, current=conv.language, hint=hint
-        )
-        pivot = await self.pivot(message.text, detection.language)
-        await self.store.annotate_message(message.id, detection.language, pivot)
-        room.notify({"type": "transcript.changed", "conversation": room.id})
-
-    async def pivot(self, text: str, language: str) -> str | None:
-        try:
-            pivot_lang = self.pipeline.config.shop.pivot
-            return (await self.pipeline.translator.translate(text, language, pivot_lang)).text
-        except (LLMError, TranslationError) as exc:
-            log.info("no pivot for a message to an agent: %s", exc)
-            return None
+        read = await self.pipeline.annotate(message.text, current=conv.language, locale=conv.locale)
+        await self.store.annotate_message(message.id, read.language, read.pivot)
+        room.notify(frames.transcript_changed(room.id))
 
     async def _answer(self, room: Room, conv: ConversationInfo, message: StoredMessage) -> None:
         started = time.perf_counter()
         queued = conv.status == "queued"
         if not queued:
-            await self._transient(room, "typing", who="bot")
+            await self._transient(room, lambda seq: frames.typing(seq, who="bot"))
         history = await self.store.history(
             room.id, before_seq=message.seq or 0, limit=HISTORY_MESSAGES
         )
@@ -141,15 +137,19 @@ class Turns:
         )
 
         async def on_delta(piece: str) -> None:
-            await self._transient(room, "reply.delta", text=piece, reply_to=message.client_id)
+            await self._transient(
+                room, lambda seq: frames.reply_delta(seq, text=piece, reply_to=message.client_id)
+            )
 
-        # While queued only a real answer is sent: nothing streams before that is known.
-        result = await self.pipeline.answer(
-            message.text, context, on_delta=None if queued else on_delta
-        )
+        if message.choice is not None and self.pipeline.has_faq(message.choice):  # a button
+            result = self.pipeline.chosen(message.text, message.choice or "", context)
+        else:  # While queued only a real answer is sent: nothing streams before that is known.
+            result = await self.pipeline.answer(
+                message.text, context, on_delta=None if queued else on_delta
+            )
         if queued and (result.handoff or not result.answered):
             await self.store.annotate_message(message.id, result.language, result.pivot)
-            room.notify({"type": "transcript.changed", "conversation": room.id})
+            room.notify(frames.transcript_changed(room.id))
             return
         async with room.emit_lock:
             events = await self.store.record_reply(
@@ -160,11 +160,11 @@ class Turns:
             self.hub.queue_changed.set()
         self.metrics.turn(result, time.perf_counter() - started)
 
-    async def _transient(self, room: Room, kind: str, **payload: Any) -> None:
+    async def _transient(self, room: Room, event: Callable[[int], frames.Event]) -> None:
         """An event with its own seq that is sent once and never stored or replayed."""
         async with room.emit_lock:
             seq = await self.store.next_seq(room.id)
-            room.send({"type": kind, "seq": seq, **payload})
+            room.send(event(seq))
 
 
 def bot_answers(status: str, *, answer_while_queued: bool) -> bool:
@@ -173,7 +173,7 @@ def bot_answers(status: str, *, answer_while_queued: bool) -> bool:
 
 
 def turn_context(
-    pipeline: Pipeline,
+    pipeline: BotService,
     *,
     language: str,
     locale: str | None,
@@ -200,7 +200,7 @@ def turn_context(
     )
 
 
-def _reply(result: TurnResult, pipeline: Pipeline) -> Reply:
+def _reply(result: TurnResult, pipeline: BotService) -> Reply:
     return Reply(
         text=result.reply,
         language=result.language,
@@ -216,4 +216,5 @@ def _reply(result: TurnResult, pipeline: Pipeline) -> Reply:
             {"id": faq_id, "title": pipeline.title(faq_id, result.language)}
             for faq_id in result.faq_ids
         ],
+        choices=list(result.choices),
     )

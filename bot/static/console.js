@@ -260,6 +260,7 @@
     for (const w of f.warnings) {
       const text = w.code === 'placeholder_lost' ? 'Check this was kept: ' + w.message
         : w.code === 'fuzzy_memory' ? 'Low confidence: ' + w.message + ' — check it before sending.'
+        : w.code === 'back_translation' ? 'Low confidence: it reads back as “' + w.message + '” — check it before sending.'
         : 'No translation: ' + w.message + ' — tick "send untranslated" to send it as written.';
       parts.push(h('div', { class: 'cs-warning', role: 'alert', text }));
     }

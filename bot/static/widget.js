@@ -23,6 +23,7 @@
  *
  * DOM hooks: #mg-chat root, button.mg-launcher (.mg-badge), .mg-panel[role=dialog],
  * .mg-log[role=log] with .mg-msg[data-role=customer|bot|agent|system][data-seq],
+ * .mg-choices[role=group] > button.mg-choice[data-faq-id] (a clarify reply's buttons),
  * textarea.mg-input, button.mg-send, button.mg-human, button.mg-cancel, button.mg-leave,
  * .mg-typing, .mg-status.
  * Message text is only ever set with textContent. Protocol: docs/protocol.md.
@@ -106,7 +107,7 @@
     lastSeq: 0,     // highest seq applied; events with seq <= lastSeq are duplicates
     headSeq: 0,     // welcome.seq: events up to it are history replay (no badge, no typing)
     resume: null, conversation: null,
-    outbox: new Map(),   // client id -> {id, text, el}: sent or queued, not yet acked
+    outbox: new Map(),   // client id -> {id, text, choice, el}: sent or queued, not yet acked
     byId: new Map(),     // client id -> customer bubble
     streams: new Map(),  // reply_to -> bot bubble being streamed
     lastSentId: null, handoffQueued: false, handoff: false, agent: null,
@@ -126,7 +127,7 @@
     try { return JSON.parse(localStorage.getItem(STORE_KEY) || '{}') || {}; } catch (e) { return {}; }
   }
   function saveSession() {
-    const pending = [...S.outbox.values()].map(({ id, text }) => ({ id, text }));
+    const pending = [...S.outbox.values()].map(({ id, text, choice }) => ({ id, text, choice }));
     try {
       if (!S.resume && !pending.length) localStorage.removeItem(STORE_KEY);
       else localStorage.setItem(STORE_KEY, JSON.stringify(
@@ -385,6 +386,32 @@
       h('span', { 'data-mg-t': 'sources', text: S.ui.sources }), ': ', ...items,
     ]));
   }
+  // A clarify reply: which of these entries did the customer mean? One button per entry,
+  // its localized title as text; a click sends that title as the customer's message with
+  // the entry's id as `choice`, and the bot answers with that entry. Only the latest
+  // reply's buttons can be used (the server checks it too).
+  function disableChoices() {
+    el.log.querySelectorAll('button.mg-choice').forEach((b) => { b.disabled = true; });
+  }
+  function addChoices(node, choices) {
+    const valid = Array.isArray(choices)
+      ? choices.filter((c) => c && typeof c.id === 'string' && typeof c.title === 'string')
+      : [];
+    if (!valid.length) return;
+    const textId = 'mg-q-' + (node.dataset.seq || newId());
+    node.querySelector('.mg-text').id = textId;
+    const group = h('div', { class: 'mg-choices', role: 'group', 'aria-labelledby': textId },
+      valid.map((c) => h('button', {
+        type: 'button', class: 'mg-choice', dir: 'auto', 'data-faq-id': c.id, text: c.title,
+        onclick: (e) => {
+          if (e.currentTarget.disabled) return;
+          disableChoices();
+          e.currentTarget.setAttribute('aria-pressed', 'true');
+          send(c.title, c.id);
+        },
+      })));
+    node.append(group);
+  }
   const systemLine = (text) => addMessage('system', text, { atEnd: true });
 
   // -------------------------------------------------------- server events
@@ -472,6 +499,8 @@
         node = addMessage('bot', ev.text, { seq: ev.seq, lang: ev.lang });
       }
       addSources(node, ev.sources, ev.faq_ids);
+      disableChoices();
+      addChoices(node, ev.choices);
       if (!S.streams.size) el.log.removeAttribute('aria-busy');
       if (nearEnd()) scrollToEnd();
       countUnread(live);
@@ -526,6 +555,12 @@
     S.ws = ws;
     ws.onopen = () => {
       const hello = { type: 'hello', v: 1, locale: S.locale };
+      // Every welcome rotates the token: another tab of this conversation may hold (and
+      // have stored) a newer one than ours, which stopped working a minute after it.
+      const saved = loadSession();
+      if (S.resume && saved.conversation === S.conversation && typeof saved.resume === 'string') {
+        S.resume = saved.resume;
+      }
       if (S.resume) { hello.resume = S.resume; hello.last_seq = S.lastSeq; }  // 0 after a page load
       sendFrame(hello);
     };
@@ -579,11 +614,13 @@
     return true;
   }
   function transmit(m) {
-    if (sendFrame({ type: 'message', id: m.id, text: m.text })) S.lastSentId = m.id;
+    const frame = { type: 'message', id: m.id, text: m.text };
+    if (m.choice) frame.choice = m.choice;
+    if (sendFrame(frame)) S.lastSentId = m.id;
   }
 
   // -------------------------------------------------------- user actions
-  function send(text) {
+  function send(text, choice) {
     const clean = String(text == null ? '' : text).trim();
     if (!clean) return false;
     if (S.ticketMode && S.ready && sendFrame({ type: 'ticket', text: clean })) {
@@ -593,15 +630,15 @@
       return true;
     }
     const id = newId();
-    queue(id, clean);
+    queue(id, clean, typeof choice === 'string' ? choice : undefined);
     start();
     if (S.ready) transmit(S.outbox.get(id));
     return true;
   }
-  function queue(id, text) {
+  function queue(id, text, choice) {
     const node = addMessage('customer', text, { id, state: 'pending' });
     S.byId.set(id, node);
-    S.outbox.set(id, { id, text, el: node });
+    S.outbox.set(id, { id, text, choice, el: node });
     saveSession();
   }
   function startTicket() {
@@ -688,7 +725,9 @@
     S.resume = typeof saved.resume === 'string' ? saved.resume : null;
     S.conversation = typeof saved.conversation === 'string' ? saved.conversation : null;
     for (const p of Array.isArray(saved.pending) ? saved.pending : []) {
-      if (p && typeof p.id === 'string' && typeof p.text === 'string') queue(p.id, p.text);
+      if (p && typeof p.id === 'string' && typeof p.text === 'string') {
+        queue(p.id, p.text, typeof p.choice === 'string' ? p.choice : undefined);
+      }
     }
     // Connect at once only for a conversation that exists; a new one starts on first use.
     if (S.resume || S.outbox.size) start();

@@ -1,4 +1,5 @@
-"""``bot data erase | purge``: delete a customer's conversations, or all past retention."""
+"""``bot data erase | purge | revoke``: delete a customer's conversations, or all past
+retention; end a conversation's resume tokens (a lost or leaked device)."""
 
 from __future__ import annotations
 
@@ -26,11 +27,16 @@ def register(subparsers: Any) -> dict[str, Handler]:
     p.add_argument("--db", help="database URL (default: database.url)")
     p.set_defaults(func=cmd_erase)
 
+    p = sub.add_parser("revoke", help="no resume token of these conversations works again")
+    p.add_argument("--conversation", action="append", required=True, metavar="ID")
+    p.add_argument("--db", help="database URL (default: database.url)")
+    p.set_defaults(func=cmd_revoke)
+
     p = sub.add_parser("purge", help="delete conversations idle longer than the retention")
     p.add_argument("--older-than-days", type=float, help="default: privacy.retention_days")
     p.add_argument("--db", help="database URL (default: database.url)")
     p.set_defaults(func=cmd_purge)
-    return {"erase": cmd_erase, "purge": cmd_purge}
+    return {"erase": cmd_erase, "purge": cmd_purge, "revoke": cmd_revoke}
 
 
 def _database(args: argparse.Namespace, config: Config) -> Any:
@@ -53,6 +59,20 @@ async def _erase(args: argparse.Namespace, config: Config) -> int:
             raise BotError(str(exc)) from exc
         deleted = await erase(store, ids)
     print(f"bot: erased {deleted} conversation(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace, config: Config) -> int:
+    return asyncio.run(_revoke(args, config))
+
+
+async def _revoke(args: argparse.Namespace, config: Config) -> int:
+    from bot.store import Store
+
+    async with Store(_database(args, config)) as store:
+        await store.check_schema()
+        revoked = await store.revoke_resume(list(args.conversation))
+    print(f"bot: revoked the resume tokens of {revoked} conversation(s)", file=sys.stderr)
     return 0
 
 

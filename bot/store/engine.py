@@ -35,14 +35,18 @@ def resolve_url(url: str, root: Path) -> str:
     return parsed.set(database=str(path)).render_as_string(hide_password=False)
 
 
-def create_engine(url: str, *, echo: bool = False, synchronous: str = "NORMAL") -> AsyncEngine:
-    """An engine with the per-connection settings each backend needs."""
+def create_engine(
+    url: str, *, echo: bool = False, synchronous: str = "NORMAL", log_content: bool = False
+) -> AsyncEngine:
+    """An engine with the per-connection settings each backend needs. Its errors and echo
+    never show bound parameters (customer text) unless ``log_content`` (bot/logcontent.py)."""
+    hide = not log_content
     if not is_sqlite(url):
-        return create_async_engine(url, echo=echo, pool_pre_ping=True)
+        return create_async_engine(url, echo=echo, pool_pre_ping=True, hide_parameters=hide)
     database = make_url(url).database
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url, echo=echo)
+    engine = create_async_engine(url, echo=echo, hide_parameters=hide)
 
     def pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()

@@ -59,6 +59,12 @@ class Conversation(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     # SHA-256 of the resume token: the token itself is a secret held by the client only.
     resume_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # Every welcome rotates the token; the one it replaced stays valid until
+    # ``resume_prev_until`` (a client whose welcome was lost still holds only that one).
+    resume_prev_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    resume_prev_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set by `bot data revoke` (or an erasure): no token of this conversation resumes it.
+    resume_revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     locale: Mapped[str | None] = mapped_column(String(35))  # the widget's locale hint
     language: Mapped[str] = mapped_column(String(8))  # current conversation language
     market: Mapped[str | None] = mapped_column(String(8))

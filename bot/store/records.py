@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+
+from bot.frames import Event, stored_event
 
 
 @dataclass(frozen=True)
@@ -24,9 +27,10 @@ class StoredEvent:
     type: str
     payload: dict[str, Any]
 
-    def frame(self) -> dict[str, Any]:
-        """The event as sent on the wire."""
-        return {"type": self.type, "seq": self.seq, **self.payload}
+    def frame(self) -> Event:
+        """The event as sent on the wire: rebuilt by the builder that checked its payload
+        before it was stored (bot/frames.py), so the two cannot drift."""
+        return stored_event(self.type, self.seq, self.payload)
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class StoredMessage:
     seq: int | None
     text: str
     replied: bool
+    choice: str | None = None  # the FAQ id the customer picked from a clarify reply's choices
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,20 @@ class Reply:
     trace: list[dict[str, Any]] = field(default_factory=list)
     # What the customer sees as the reply's sources: [{"id": faq id, "title": localized}].
     sources: list[dict[str, str]] = field(default_factory=list)
+    # A clarify reply: the entries the customer may pick from, same shape as ``sources``.
+    choices: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Pick:
+    """A customer's pick between a clarify reply's choices: a labelled retrieval example."""
+
+    conversation_id: str
+    question: str  # the customer message the bot could not decide on
+    language: str
+    offered: list[str]  # the FAQ ids it offered
+    faq_id: str  # the one the customer picked
+    at: datetime
 
 
 @dataclass(frozen=True)

@@ -4,11 +4,24 @@
         await store.check_schema()
         conv, token = await store.create_conversation(locale="es-ES", language="es")
 
-Sequence numbers: ``conversations.last_seq`` is the conversation's event counter. Every
-server event takes the next value with ``UPDATE ... SET last_seq = last_seq + 1 RETURNING``,
-committed in the same transaction as the event row (when the event is stored at all), and
-before the event is sent: a seq a client has seen is never handed out again, whatever
-happens to the process afterwards.
+Sequence numbers: ``conversations.last_seq`` is the highest seq the conversation has
+*reserved*; nothing at or below it is ever handed out again, whatever happens to the
+process afterwards. A stored event takes its seq in the transaction that stores it. A
+transient event (``typing``, ``reply.delta``: sent, never stored) takes one from a block of
+``seq_block`` seqs that this store reserved with one ``UPDATE ... RETURNING`` before any of
+them is sent and keeps in memory: a streamed reply costs one write per block, not one per
+piece. A stored event takes the next seq of that block too while nobody else has reserved
+since (``last_seq`` still equals the block's top: checked in its own ``UPDATE``), so seqs stay
+dense in one process; otherwise it takes ``last_seq + 1`` and the block is dropped. After a
+restart the next block starts above the last reserved one: gaps, never a reused seq.
+
+Callers number one conversation's events under one lock (the server's ``room.emit_lock``),
+so a block is never used out of order within a process. Several processes on one
+PostgreSQL each reserve their own blocks with the same atomic ``UPDATE``: seqs stay unique.
+For their order, whoever numbers an event after another process did tells the store
+(``numbered_elsewhere``, from the bus): a block below that seq is dropped. Without
+it, a transient event sent after another process's higher seq would be ignored by clients
+(``seq <= lastSeq``), which costs a streamed piece, nothing stored.
 
 On SQLite all writes go through one asyncio lock (one writer, as SQLite wants it; readers
 run beside it in WAL mode); on PostgreSQL row locks do that job.
@@ -18,17 +31,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import secrets
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import ColumnElement, case, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from bot import frames
 from bot.config import DatabaseConfig
 from bot.errors import StoreError
 from bot.store import schema
@@ -51,12 +67,16 @@ from bot.store.records import (
     Accepted,
     AgentInfo,
     ConversationInfo,
+    Pick,
     Reply,
     StoredEvent,
     StoredMessage,
 )
 
 MAX_TOKEN_CHARS = 100
+CHOICE_STAGE = "choice"  # a customer message's trace: the clarify button it was sent with
+SEQ_BLOCK = 32  # transient seqs reserved per database write (gaps are allowed)
+MAX_BLOCKS = 10_000  # conversations whose blocks are held; an evicted block is just a gap
 # Hot paths write through Core tables: no unit-of-work bookkeeping per statement.
 CONVERSATIONS = Base.metadata.tables["conversations"]
 EVENTS = Base.metadata.tables["events"]
@@ -67,9 +87,33 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def new_resume_token() -> str:
+    return "r_" + secrets.token_urlsafe(24)
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """What a resume token got: the conversation and the token that replaces it, or why it
+    was refused (``unknown``, ``replaced``: superseded past its grace, ``expired``,
+    ``revoked``)."""
+
+    conversation: ConversationInfo | None = None
+    token: str = ""
+    refused: str | None = None
+
+
 class Store:
-    def __init__(self, config: DatabaseConfig) -> None:
+    def __init__(
+        self, config: DatabaseConfig, *, seq_block: int = SEQ_BLOCK, log_content: bool = False
+    ) -> None:
+        """``log_content``: SQL parameters may show in errors (privacy.log_content)."""
+        if seq_block < 1:
+            raise ValueError("seq_block must be at least 1")
         self.config = config
+        self.log_content = log_content
+        self.seq_block = seq_block
+        # conversation id -> [next seq to hand out, top of the reserved block]
+        self._blocks: dict[str, list[int]] = {}
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
         self._write_lock: asyncio.Lock | None = None
@@ -78,7 +122,10 @@ class Store:
 
     async def __aenter__(self) -> Store:
         self._engine = create_engine(
-            self.config.url, echo=self.config.echo, synchronous=self.config.sqlite_synchronous
+            self.config.url,
+            echo=self.config.echo,
+            synchronous=self.config.sqlite_synchronous,
+            log_content=self.log_content,
         )
         self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)
         if is_sqlite(self.config.url):
@@ -148,21 +195,51 @@ class Store:
     async def _allocate_with_status(
         self, session: AsyncSession, conversation_id: str, n: int = 1, **values: Any
     ) -> tuple[int, str]:
+        taken = await self._take(session, conversation_id, n, **values)
+        if taken is None:
+            raise StoreError(f"no conversation {conversation_id!r}")
+        return taken
+
+    async def _take(
+        self,
+        session: AsyncSession,
+        cid: str,
+        n: int,
+        *where: ColumnElement[bool],
+        **values: Any,
+    ) -> tuple[int, str] | None:
+        """``n`` seqs for a stored event (first seq, status), or None when no row matches
+        ``where``: from this store's block while nobody reserved above it, else new ones."""
+        block = self._blocks.get(cid)
+        last = CONVERSATIONS.c.last_seq
+        if block is not None and block[1] - block[0] + 1 >= n:
+            top = block[1]
+            new_last: Any = case((last == top, last), else_=last + n)
+        else:
+            top, new_last = None, last + n
         stmt = (
             update(CONVERSATIONS)
-            .where(CONVERSATIONS.c.id == conversation_id)
-            .values(last_seq=CONVERSATIONS.c.last_seq + n, updated_at=utcnow(), **values)
-            .returning(CONVERSATIONS.c.last_seq, CONVERSATIONS.c.status)
+            .where(CONVERSATIONS.c.id == cid, *where)
+            .values(last_seq=new_last, updated_at=utcnow(), **values)
+            .returning(last, CONVERSATIONS.c.status)
         )
         row = (await session.execute(stmt)).first()
         if row is None:
-            raise StoreError(f"no conversation {conversation_id!r}")
+            return None
+        if block is not None and int(row[0]) == top:  # still ours: nobody reserved since
+            first = block[0]
+            block[0] += n
+            return first, str(row[1])
+        self._passed(cid, int(row[0]))  # a block below is stale: later seqs go above
         return int(row[0]) - n + 1, str(row[1])
 
     @staticmethod
     async def _insert_event(
-        session: AsyncSession, cid: str, seq: int, kind: str, **payload: Any
+        session: AsyncSession, cid: str, seq: int, kind: str, **fields: Any
     ) -> StoredEvent:
+        # Built by the same builder that rebuilds it for the wire (bot/frames.py): a field
+        # the protocol does not have, or one it needs missing, fails here, before storing.
+        payload = frames.payload_of(frames.stored_event(kind, seq, fields))
         await session.execute(
             insert(EVENTS).values(conversation_id=cid, seq=seq, type=kind, payload=payload)
         )
@@ -192,36 +269,124 @@ class Store:
         self, *, language: str, locale: str | None = None, market: str | None = None
     ) -> tuple[ConversationInfo, str]:
         """A new conversation and its resume token (only its hash is stored)."""
-        token = "r_" + secrets.token_urlsafe(24)
-        row = Conversation(
+        conv, token = self.draft_conversation(language=language, locale=locale, market=market)
+        await self.save_conversation(conv, token)
+        return conv, token
+
+    @staticmethod
+    def draft_conversation(
+        *, language: str, locale: str | None = None, market: str | None = None
+    ) -> tuple[ConversationInfo, str]:
+        """A new conversation's id and resume token, not stored yet (``save_conversation``)."""
+        conv = ConversationInfo(
             id="c_" + secrets.token_hex(12),
-            resume_hash=hash_token(token),
-            locale=locale,
             language=language,
+            locale=locale,
             market=market,
             status="bot",
             last_seq=0,
             no_answer_streak=0,
         )
+        return conv, new_resume_token()
+
+    async def save_conversation(self, conv: ConversationInfo, token: str) -> None:
+        """Store a drafted conversation with the hash of its resume token."""
         async with self._write() as session:
-            session.add(row)
-        return _info(row), token
+            await session.execute(
+                insert(CONVERSATIONS).values(
+                    id=conv.id,
+                    resume_hash=hash_token(token),
+                    locale=conv.locale,
+                    language=conv.language,
+                    market=conv.market,
+                    status=conv.status,
+                    last_seq=conv.last_seq,
+                    no_answer_streak=conv.no_answer_streak,
+                    created_at=utcnow(),
+                    updated_at=utcnow(),
+                )
+            )
 
     async def find_by_resume(self, token: str) -> ConversationInfo | None:
+        """The conversation whose current token is ``token`` (unrevoked); no rotation."""
         if not token or len(token) > MAX_TOKEN_CHARS:
             return None
         async with self._session() as session:
             row = await session.scalar(
-                select(Conversation).where(Conversation.resume_hash == hash_token(token))
+                select(Conversation).where(
+                    Conversation.resume_hash == hash_token(token),
+                    Conversation.resume_revoked_at.is_(None),
+                )
             )
             return _info(row) if row else None
+
+    async def resume(self, token: str, *, idle_ttl: float, grace: float) -> Resumed:
+        """Check a resume token and rotate it: the conversation and its new token, or why
+        not. Accepted: the current token, or the one it replaced for ``grace`` seconds after
+        (a client whose welcome was lost); refused once revoked, or when the conversation
+        was idle for ``idle_ttl`` seconds (0: never expires). One write."""
+        if not token or len(token) > MAX_TOKEN_CHARS:
+            return Resumed(refused="unknown")
+        presented = hash_token(token)
+        for _ in range(2):  # a second pass when another hello rotated it meanwhile (PG)
+            async with self._write() as session:
+                row = await session.scalar(
+                    select(Conversation).where(
+                        (Conversation.resume_hash == presented)
+                        | (Conversation.resume_prev_hash == presented)
+                    )
+                )
+                if row is None:
+                    return Resumed(refused="unknown")
+                now = utcnow()
+                refused = _refusal(row, presented, now, idle_ttl)
+                if refused:
+                    return Resumed(refused=refused)
+                fresh = new_resume_token()
+                values: dict[str, Any] = {"resume_hash": hash_token(fresh), "updated_at": now}
+                if row.resume_hash == presented:  # the previous one stays valid a moment
+                    values |= {
+                        "resume_prev_hash": presented,
+                        "resume_prev_until": now + timedelta(seconds=grace),
+                    }
+                done = await session.scalar(
+                    update(CONVERSATIONS)
+                    .where(
+                        CONVERSATIONS.c.id == row.id,
+                        CONVERSATIONS.c.resume_hash == row.resume_hash,
+                    )
+                    .values(**values)
+                    .returning(CONVERSATIONS.c.id)
+                )
+                if done is not None:
+                    return Resumed(_info(row), fresh)
+        return Resumed(refused="unknown")
+
+    async def revoke_resume(self, conversation_ids: Sequence[str]) -> int:
+        """No resume token of these conversations works any more; the number revoked."""
+        if not conversation_ids:
+            return 0
+        async with self._write() as session:
+            result = await session.execute(
+                update(CONVERSATIONS)
+                .where(
+                    CONVERSATIONS.c.id.in_(list(conversation_ids)),
+                    CONVERSATIONS.c.resume_revoked_at.is_(None),
+                )
+                .values(resume_revoked_at=utcnow(), resume_prev_hash=None)
+            )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     async def conversation(self, conversation_id: str) -> ConversationInfo:
         async with self._session() as session:
             row = await session.get(Conversation, conversation_id)
             if row is None:
                 raise StoreError(f"no conversation {conversation_id!r}")
-            return _info(row)
+            info = _info(row)
+        block = self._blocks.get(conversation_id)
+        if block is not None and info.last_seq == block[1]:  # the block's rest is not sent yet
+            info = dataclasses.replace(info, last_seq=block[0] - 1)
+        return info
 
     async def set_locale(
         self, conversation_id: str, locale: str, language: str, market: str | None
@@ -245,20 +410,55 @@ class Store:
             return [StoredEvent(r.seq, r.type, dict(r.payload)) for r in rows]
 
     async def next_seq(self, conversation_id: str) -> int:
-        """A seq for an event that is sent but not stored (``typing``, ``reply.delta``)."""
-        async with self._write() as session:
-            return await self._allocate(session, conversation_id)
+        """A seq for an event that is sent but not stored (``typing``, ``reply.delta``): from
+        the conversation's reserved block; a database write only when a new block is due."""
+        block = self._blocks.get(conversation_id)
+        while block is None or block[0] > block[1]:
+            async with self._write() as session:
+                first = await self._allocate(session, conversation_id, self.seq_block)
+            block = self._hold(conversation_id, first, first + self.seq_block - 1)
+        seq = block[0]
+        block[0] += 1
+        return seq
+
+    def _hold(self, cid: str, first: int, top: int) -> list[int] | None:
+        """Keep the committed block ``first..top`` for the conversation's next seqs; None
+        when this store has meanwhile numbered past it (its seqs become a gap)."""
+        held = self._blocks.pop(cid, None)
+        if held is not None and held[1] > top:
+            self._blocks[cid] = held
+            return None
+        if len(self._blocks) >= MAX_BLOCKS:  # the oldest one: its rest becomes a gap
+            del self._blocks[next(iter(self._blocks))]
+        block = self._blocks[cid] = [first, top]
+        return block
+
+    def _passed(self, cid: str, high: int) -> None:
+        """Seqs up to ``high`` are taken: an empty block there marks the high-water line."""
+        held = self._blocks.get(cid)
+        if held is None or held[1] < high:
+            self._hold(cid, high + 1, high)
+
+    def numbered_elsewhere(self, conversation_id: str, seq: int) -> None:
+        """Another server process sent ``seq`` (bot.server.bus): this store's next seqs for
+        the conversation go above it, not into a block of its own left below."""
+        self._passed(conversation_id, seq)
 
     # -- messages -------------------------------------------------------------------------
 
-    async def accept_message(self, conversation_id: str, client_id: str, text: str) -> Accepted:
-        """Store a customer message and its ``ack`` event, or find the one stored before."""
+    async def accept_message(
+        self, conversation_id: str, client_id: str, text: str, *, choice: str | None = None
+    ) -> Accepted:
+        """Store a customer message and its ``ack`` event, or find the one stored before.
+        ``choice``: the FAQ id of a clarify button (kept in the message's trace)."""
         try:
-            return await self._accept(conversation_id, client_id, text)
+            return await self._accept(conversation_id, client_id, text, choice)
         except IntegrityError:  # the same id stored at the same moment by another process
-            return await self._accept(conversation_id, client_id, text)
+            return await self._accept(conversation_id, client_id, text, choice)
 
-    async def _accept(self, cid: str, client_id: str, text: str) -> Accepted:
+    async def _accept(
+        self, cid: str, client_id: str, text: str, choice: str | None = None
+    ) -> Accepted:
         async with self._write() as session:
             old = await session.scalar(
                 select(Message).where(
@@ -271,7 +471,10 @@ class Store:
                 )
                 ack = StoredEvent(old.seq or 0, "ack", {"id": client_id, "text": old.original_text})
                 return Accepted(_message(old), ack, created=False, status=status or "closed")
-            seq, status = await self._allocate_with_status(session, cid)
+            # The same write reserves the block for the turn's typing and streamed pieces.
+            block = self._blocks.get(cid)
+            spare = 0 if block is not None and block[0] <= block[1] else self.seq_block
+            seq, status = await self._allocate_with_status(session, cid, 1 + spare)
             if status == "closed":  # a closed conversation starts again with the bot
                 await session.execute(
                     update(CONVERSATIONS).where(CONVERSATIONS.c.id == cid).values(status="bot")
@@ -289,12 +492,16 @@ class Store:
                     seq=seq,
                     original_text=text,
                     replied=replied,
+                    # Left out (SQL NULL) without a choice: JSON None would store 'null'.
+                    **({"trace": [{"stage": CHOICE_STAGE, "faq_id": choice}]} if choice else {}),
                 )
                 .returning(MESSAGES.c.id)
             )
             ack = await self._insert_event(session, cid, seq, "ack", id=client_id, text=text)
-            message = StoredMessage(int(message_id or 0), client_id, seq, text, replied)
-            return Accepted(message, ack, created=True, status=status)
+            message = StoredMessage(int(message_id or 0), client_id, seq, text, replied, choice)
+        if spare:  # committed: only now may its seqs be sent
+            self._hold(cid, seq + 1, seq + spare)
+        return Accepted(message, ack, created=True, status=status)
 
     async def unreplied(self, conversation_id: str) -> list[StoredMessage]:
         """Customer messages stored but not answered (the server stopped mid-turn)."""
@@ -326,6 +533,57 @@ class Store:
                 .where(Message.id == message_id)
                 .values(replied=True, replied_at=utcnow())
             )
+
+    async def offered_choices(self, conversation_id: str) -> list[str]:
+        """The FAQ ids the conversation's latest bot reply offered as choices (clarify)."""
+        async with self._session() as session:
+            payload = await session.scalar(
+                select(Event.payload)
+                .where(Event.conversation_id == conversation_id, Event.type == "reply")
+                .order_by(Event.seq.desc())
+                .limit(1)
+            )
+        choices = (payload or {}).get("choices") or []
+        return [str(c["id"]) for c in choices if isinstance(c, dict) and "id" in c]
+
+    async def clarify_picks(self, *, since: datetime | None = None) -> list[Pick]:
+        """Every pick between a clarify reply's choices, oldest first, with the question
+        that reply answered: labelled examples for the retrieval evaluation."""
+        async with self._session() as session:
+            query = select(Message).where(Message.role == "customer", Message.trace.is_not(None))
+            if since is not None:
+                query = query.where(Message.created_at >= since)
+            picks = [m for m in await session.scalars(query.order_by(Message.id)) if m.trace]
+            out = []
+            for pick in picks:
+                faq_id = _choice(pick.trace)
+                clarify = await session.scalar(
+                    select(Message)
+                    .where(
+                        Message.conversation_id == pick.conversation_id,
+                        Message.role == "bot",
+                        Message.seq < (pick.seq or 0),
+                    )
+                    .order_by(Message.seq.desc())
+                    .limit(1)
+                )
+                offered = _offered(clarify.trace if clarify else None)
+                if faq_id is None or clarify is None or faq_id not in offered:
+                    continue
+                question = await session.get(Message, clarify.reply_to or -1)
+                if question is None:
+                    continue
+                out.append(
+                    Pick(
+                        conversation_id=pick.conversation_id,
+                        question=question.original_text,
+                        language=question.language or clarify.language or "",
+                        offered=offered,
+                        faq_id=faq_id,
+                        at=_aware(pick.created_at),
+                    )
+                )
+        return out
 
     async def history(
         self, conversation_id: str, *, before_seq: int, limit: int = 6
@@ -441,6 +699,7 @@ class Store:
                     session, cid, seq, "reply",
                     text=reply.text, lang=reply.language, faq_ids=list(reply.faq_ids),
                     sources=list(reply.sources), reply_to=client_id,
+                    **({"choices": list(reply.choices)} if reply.choices else {}),
                 )
             ]  # fmt: skip
             if handoff and reply.handoff_reason:
@@ -754,18 +1013,16 @@ class Store:
         ``agent.message`` event; None unless ``agent`` owns the conversation."""
         cid = conversation_id
         async with self._write() as session:
-            seq = await session.scalar(
-                update(CONVERSATIONS)
-                .where(
-                    CONVERSATIONS.c.id == cid,
-                    CONVERSATIONS.c.status == "agent",
-                    CONVERSATIONS.c.agent_id == agent.id,
-                )
-                .values(last_seq=CONVERSATIONS.c.last_seq + 1, updated_at=utcnow())
-                .returning(CONVERSATIONS.c.last_seq)
+            taken = await self._take(
+                session,
+                cid,
+                1,
+                CONVERSATIONS.c.status == "agent",
+                CONVERSATIONS.c.agent_id == agent.id,
             )
-            if seq is None:
+            if taken is None:
                 return None
+            seq = taken[0]
             await session.execute(
                 insert(MESSAGES).values(
                     conversation_id=cid,
@@ -839,14 +1096,17 @@ class Store:
                     Handoff.timed_out_at.is_(None),
                 )
             )
-            due = [(r[0], r[1]) for r in rows if _aware(r[2]) <= cutoff]
-            if due:
-                await session.execute(
-                    update(Handoff)
-                    .where(Handoff.id.in_([d[0] for d in due]))
-                    .values(timed_out_at=utcnow())
-                )
-            return [d[1] for d in due]
+            due = [r[0] for r in rows if _aware(r[2]) <= cutoff]
+            if not due:
+                return []
+            handoffs = Base.metadata.tables["handoffs"]
+            marked = await session.execute(  # another server process may have marked some
+                update(handoffs)
+                .where(handoffs.c.id.in_(due), handoffs.c.timed_out_at.is_(None))
+                .values(timed_out_at=utcnow())
+                .returning(handoffs.c.conversation_id)
+            )
+            return [str(r[0]) for r in marked]
 
     async def add_ticket(
         self, conversation_id: str, language: str, text: str, note: str | None
@@ -921,6 +1181,19 @@ def _info(row: Conversation) -> ConversationInfo:
     )
 
 
+def _refusal(row: Conversation, presented: str, now: datetime, idle_ttl: float) -> str | None:
+    """Why the token that found ``row`` may not resume it, or None."""
+    if row.resume_revoked_at is not None:
+        return "revoked"
+    if idle_ttl and _aware(row.updated_at) + timedelta(seconds=idle_ttl) <= now:
+        return "expired"
+    if row.resume_hash != presented:  # the token the last welcome replaced
+        until = row.resume_prev_until
+        if until is None or _aware(until) <= now:
+            return "replaced"
+    return None
+
+
 def _agent(row: Agent) -> AgentInfo:
     return AgentInfo(id=row.id, name=row.name, role=row.role, active=row.active)
 
@@ -931,4 +1204,22 @@ def _aware(moment: datetime) -> datetime:
 
 
 def _message(row: Message) -> StoredMessage:
-    return StoredMessage(row.id, row.client_id, row.seq, row.original_text, row.replied)
+    choice = _choice(row.trace) if row.role == "customer" else None
+    return StoredMessage(row.id, row.client_id, row.seq, row.original_text, row.replied, choice)
+
+
+def _offered(trace: list[Any] | None) -> list[str]:
+    """The FAQ ids a bot reply offered to pick from: its trace's ``clarify`` stage."""
+    for stage in trace or ():
+        if isinstance(stage, dict) and stage.get("stage") == "clarify":
+            return [str(i) for i in stage.get("offered") or []]
+    return []
+
+
+def _choice(trace: list[Any] | None) -> str | None:
+    """The FAQ id a customer message picked (its trace holds only that), else None."""
+    for stage in trace or ():
+        if isinstance(stage, dict) and stage.get("stage") == CHOICE_STAGE:
+            faq_id = stage.get("faq_id")
+            return faq_id if isinstance(faq_id, str) else None
+    return None

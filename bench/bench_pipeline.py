@@ -104,7 +104,7 @@ async def bench_budget() -> None:
     for lang, text in turns:
         vectors = pipeline.retriever.embed([text])
         started = time.perf_counter()
-        hits = pipeline.retriever.search_vectors(vectors, k=config.retrieve.top_k)
+        hits = pipeline.retriever.search_vectors(vectors, [text], k=config.retrieve.top_k)
         decide = getattr(pipeline.retriever, "decide", None)  # absent before the head
         if decide is not None:
             decide(hits, lang)

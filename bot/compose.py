@@ -10,7 +10,8 @@ question, promise what nobody committed to). The reply is composed instead:
     [+ "This may also apply:" + a second answer]   (when two entries are nearly tied)
 
 The templates live in ``knowledge/compose/LL.toml`` (format: docs/knowledge.md), with the
-checker's lexicon for that language (``[check]``: yes/no words, promise patterns).
+checker's lexicon for that language (``[check]``: yes/no words, promise patterns, and the
+grant / negation / state patterns of the conditions check).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.errors import KnowledgeError
+from bot.knowledge import STATES
 from bot.mask import Span
 
 # Which specific the acknowledgement names, when the customer gave several.
@@ -33,11 +35,16 @@ _ACK_KEYS = (*SLOT_ORDER, "generic", "also")
 
 @dataclass(frozen=True)
 class CheckLexicon:
-    """Per language: words that answer yes or no, and patterns of promises or actions."""
+    """Per language: words that answer yes or no, patterns of promises or actions, and for
+    the conditions check: granting a return/exchange/refund/cancellation/change, negating
+    or restricting it, and naming each excluded state of an item or order (``STATES``)."""
 
     yes: tuple[str, ...]
     no: tuple[str, ...]
     promise: tuple[re.Pattern[str], ...]
+    grant: tuple[re.Pattern[str], ...] = ()
+    negation: tuple[re.Pattern[str], ...] = ()
+    states: Mapping[str, tuple[re.Pattern[str], ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -91,13 +98,24 @@ def _parse(path: Path, language: str, data: Mapping[str, object]) -> ComposeText
     for slot in SLOT_ORDER:
         if "{" + slot + "}" not in ack[slot]:
             raise KnowledgeError(f"{path}: acknowledge.{slot} must use the {{{slot}}} slot")
-    try:
-        promise = tuple(re.compile(p, re.IGNORECASE) for p in check.get("promise", ()))
-    except re.error as exc:
-        raise KnowledgeError(f"{path}: bad promise pattern: {exc}") from exc
+    states = check.get("states", {})
+    if not isinstance(states, dict) or set(states) - set(STATES):
+        raise KnowledgeError(f"{path}: [check.states] keys must be among {', '.join(STATES)}")
     lexicon = CheckLexicon(
         yes=tuple(w.lower() for w in check.get("yes", ())),
         no=tuple(w.lower() for w in check.get("no", ())),
-        promise=promise,
+        promise=_patterns(path, "promise", check.get("promise", ())),
+        grant=_patterns(path, "grant", check.get("grant", ())),
+        negation=_patterns(path, "negation", check.get("negation", ())),
+        states={k: _patterns(path, f"states.{k}", v) for k, v in states.items()},
     )
     return ComposeTexts(language, {k: str(ack[k]) for k in _ACK_KEYS}, lexicon)
+
+
+def _patterns(path: Path, key: str, raw: object) -> tuple[re.Pattern[str], ...]:
+    if not isinstance(raw, list | tuple) or not all(isinstance(p, str) for p in raw):
+        raise KnowledgeError(f"{path}: [check] {key} must be a list of patterns")
+    try:
+        return tuple(re.compile(p, re.IGNORECASE) for p in raw)
+    except re.error as exc:
+        raise KnowledgeError(f"{path}: bad {key} pattern: {exc}") from exc

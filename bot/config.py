@@ -246,6 +246,12 @@ class ConsoleConfig:
     secure_cookie: str = "auto"
     login_attempts: int = 5  # failed logins per client address and per name, per window
     login_window: float = 300.0
+    # The model that translates agents' replies: "" the reply model ([model]); a registry
+    # name (`bot model list`): a second embedded engine on translate_port, started on first
+    # use; an http(s) URL: an OpenAI-compatible server (its /v1 base).
+    translate_model: str = ""
+    translate_port: int = 0  # the second engine's port; 0: model.port + 1
+    translate_threads: int = 0  # the second engine's threads; 0: model.threads
 
     def __post_init__(self) -> None:
         if not self.session_hours > 0:
@@ -256,6 +262,36 @@ class ConsoleConfig:
             raise ConfigError("console.login_attempts must be at least 1")
         if not self.login_window > 0:
             raise ConfigError("console.login_window must be more than 0 seconds")
+        if not 0 <= self.translate_port < 65536:
+            raise ConfigError("console.translate_port must be 0 (model.port + 1) or a port")
+        if self.translate_threads < 0:
+            raise ConfigError("console.translate_threads must be 0 (model.threads) or more")
+        model = self.translate_model.strip()
+        if "://" in model:
+            if model.partition("://")[0] not in {"http", "https"}:
+                raise ConfigError("console.translate_model: a URL must be http:// or https://")
+        elif model:
+            from bot.models.registry import MODELS  # here: bot.models imports this module
+
+            if model not in MODELS:
+                raise ConfigError(
+                    f"console.translate_model {model!r} is neither a URL nor a known model "
+                    f"({', '.join(sorted(MODELS))})"
+                )
+
+    def translation_model(self, model: ModelConfig) -> ModelConfig | None:
+        """The [model] settings of the engine that translates agents' replies, derived from
+        the reply model's (timeouts, threads, cache); None: the reply model itself. The
+        reply model's LoRA adapter is never applied: it was trained for another model."""
+        value = self.translate_model.strip()
+        if not value:
+            return None
+        if "://" in value:
+            return dataclasses.replace(model, url=value, adapter="", adapter_dir=None)
+        return dataclasses.replace(
+            model, name=value, url="", port=self.translate_port or model.port + 1,
+            threads=self.translate_threads or model.threads, adapter="", adapter_dir=None,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,11 @@ ask them. It checks what can be checked in every launch language:
 - **promises**: commitments and actions ("I have issued a refund", "wir melden uns") that
   no passage states;
 - **echo**: a reply that mostly repeats the customer's message;
+- **conditions**: a sentence that grants a return, exchange, refund, cancellation or change
+  ("you can return them", "sie können umgetauscht werden") for an item or order in a state
+  that the answered entries' policy excludes (``excludes`` in ``knowledge/faq``: worn,
+  washed, tags removed, unsealed, personalized, already shipped), unless the sentence
+  negates or restricts it ("can't", "only if", "must be unworn");
 - **numbers**: every number, amount or duration, in digits or in words of the reply's
   language ("dreißig Tage", "三十天"), must be in a passage. The customer's own figures are
   not policy facts ("confirm my refund is 500 EUR"); only their order, tracking and SKU
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -48,7 +53,7 @@ _UNSPACED = frozenset({"zh", "ja"})
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # polarity | promise | echo | number
+    kind: str  # polarity | promise | condition | echo | number
     detail: str
 
     def __str__(self) -> str:
@@ -78,12 +83,18 @@ class FaithfulnessChecker:
         passages: Sequence[str],
         language: str,
         allowed_numbers: Iterable[str] = (),
+        excluded: Collection[str] = (),
     ) -> Verdict:
-        """All problems of a whole reply (or of the part of it streamed so far)."""
+        """All problems of a whole reply (or of the part of it streamed so far).
+        ``excluded``: the states the answered entries' policy rules out (``STATES``)."""
         verdict = Verdict()
         for sentence in split_sentences(reply):
             verdict.problems += self.check_sentence(
-                sentence, passages=passages, language=language, allowed=allowed_numbers
+                sentence,
+                passages=passages,
+                language=language,
+                allowed=allowed_numbers,
+                excluded=excluded,
             )
         if is_echo(reply, question):
             verdict.problems.append(Problem("echo", reply[:80]))
@@ -96,6 +107,7 @@ class FaithfulnessChecker:
         passages: Sequence[str],
         language: str,
         allowed: Iterable[str] = (),
+        excluded: Collection[str] = (),
     ) -> list[Problem]:
         lexicon = self.lexicons.get(language)
         problems: list[Problem] = []
@@ -107,6 +119,8 @@ class FaithfulnessChecker:
                 found = pattern.search(sentence)
                 if found and not any(pattern.search(p) for p in passages):
                     problems.append(Problem("promise", found.group(0)))
+            if excluded and (granted := granted_state(sentence, lexicon, excluded)):
+                problems.append(Problem("condition", granted))
         grounded = set(allowed)
         for passage in passages:
             grounded |= numbers_in(passage, language)
@@ -114,6 +128,20 @@ class FaithfulnessChecker:
             Problem("number", n) for n in sorted(numbers_in(sentence, language) - grounded)
         ]
         return problems
+
+
+def granted_state(sentence: str, lexicon: CheckLexicon, excluded: Collection[str]) -> str | None:
+    """ "You can return shoes you wore once" with ``worn`` excluded -> "worn: wore": the
+    sentence grants something (``grant``), does not negate or restrict it (``negation``),
+    and names an excluded state. None when it passes."""
+    grant = next((m for p in lexicon.grant if (m := p.search(sentence))), None)
+    if grant is None or any(p.search(sentence) for p in lexicon.negation):
+        return None
+    for state in excluded:
+        for pattern in lexicon.states.get(state, ()):
+            if found := pattern.search(sentence):
+                return f"{state}: {found.group(0)} ({grant.group(0)})"
+    return None
 
 
 def split_sentences(text: str) -> list[str]:
@@ -221,6 +249,7 @@ class SentenceGate:
         passages: Sequence[str],
         language: str,
         allowed_numbers: Iterable[str] = (),
+        excluded: Collection[str] = (),
         on_delta: OnDelta | None = None,
     ) -> None:
         self._checker = checker
@@ -228,6 +257,7 @@ class SentenceGate:
         self._passages = list(passages)
         self._language = language
         self._allowed = set(allowed_numbers)
+        self._excluded = tuple(excluded)
         self._on_delta = on_delta
         self._pending = ""
         self.released = ""
@@ -252,6 +282,7 @@ class SentenceGate:
             passages=self._passages,
             language=self._language,
             allowed_numbers=self._allowed,
+            excluded=self._excluded,
         )
         if not verdict.ok:
             raise Unfaithful(verdict.problems)
@@ -260,7 +291,11 @@ class SentenceGate:
         problems: list[Problem] = []
         for sentence in split_sentences(text):
             problems += self._checker.check_sentence(
-                sentence, passages=self._passages, language=self._language, allowed=self._allowed
+                sentence,
+                passages=self._passages,
+                language=self._language,
+                allowed=self._allowed,
+                excluded=self._excluded,
             )
         if is_echo(self.released + text, self._question):
             problems.append(Problem("echo", text[:80]))

@@ -105,12 +105,19 @@ class Answer:
         return self.markets.get(market, self.text)
 
 
+# States of an item or order that an entry's policy rules out ("excludes"): a model-written
+# sentence granting a return, exchange, refund, cancellation or change for one of them fails
+# the faithfulness gate (bot/faithful.py; the words per language: compose/LL.toml).
+STATES = ("worn", "washed", "tags_removed", "unsealed", "personalized", "shipped")
+
+
 @dataclass(frozen=True)
 class FaqEntry:
     id: str
     topic: str
     questions: tuple[str, ...]
     answer: Answer
+    excludes: tuple[str, ...] = ()  # of STATES
 
 
 @dataclass(frozen=True)
@@ -258,11 +265,16 @@ def load_knowledge(directory: Path) -> Knowledge:
             faq_id = item["id"]
             if faq_id in entries:
                 raise KnowledgeError(f"{path.name}: duplicate FAQ id {faq_id!r}")
+            excludes = tuple(item.get("excludes", ()))
+            unknown = sorted(set(excludes) - set(STATES))
+            if unknown:
+                raise KnowledgeError(f"{path.name}: {faq_id}: unknown excludes {unknown}")
             entries[faq_id] = FaqEntry(
                 id=faq_id,
                 topic=topic,
                 questions=tuple(item.get("questions", ())),
                 answer=_answer(item),
+                excludes=excludes,
             )
     i18n = {
         path.stem: _localization(path, entries)

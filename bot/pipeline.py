@@ -197,14 +197,17 @@ class Pipeline:
         masker: Masker,
         llm: LLMClient | None,
         compose_texts: dict[str, ComposeTexts],
+        agents_translator: Translator | None = None,
     ) -> None:
         self.config = config
         self.knowledge = knowledge
         self.detector = detector
         self.lexicon = lexicon
         self.translator = translator
+        # Agents' replies: over their own model when console.translate_model names one.
         self.agent_translator = AgentTranslator(
-            translator, language_of=lambda text: detector.detect(text).language
+            agents_translator or translator,
+            language_of=lambda text: detector.detect(text).language,
         )
         self.retriever = retriever
         self.localizer = localizer
@@ -222,8 +225,11 @@ class Pipeline:
         )
 
     @classmethod
-    def build(cls, config: Config, llm: LLMClient | None) -> Pipeline:
-        """Load knowledge, detector, embedder and index (blocking: call in a thread)."""
+    def build(
+        cls, config: Config, llm: LLMClient | None, *, agents_llm: LLMClient | None = None
+    ) -> Pipeline:
+        """Load knowledge, detector, embedder and index (blocking: call in a thread).
+        ``agents_llm``: the model of agents' replies when it is not ``llm``."""
         knowledge = load_knowledge(config.shop.knowledge_dir)
         masker = Masker(knowledge.glossary)
         lexicon = load_lexicon(config.shop.knowledge_dir / "lexicon.toml")
@@ -240,15 +246,20 @@ class Pipeline:
         def language_of(text: str) -> str | None:
             return detector.detect(text).language
 
-        translator = Translator(
-            knowledge,
-            masker,
-            TranslationMemory.from_knowledge(knowledge),
-            llm,
-            min_similarity=config.translate.memory_min_similarity,
-            max_tokens=config.translate.max_tokens,
-            language_of=language_of,
-        )
+        memory = TranslationMemory.from_knowledge(knowledge)
+
+        def translator_over(model: LLMClient | None) -> Translator:
+            return Translator(
+                knowledge,
+                masker,
+                memory,  # one memory: a pair an agent approves serves both
+                model,
+                min_similarity=config.translate.memory_min_similarity,
+                max_tokens=config.translate.max_tokens,
+                language_of=language_of,
+            )
+
+        translator = translator_over(llm)
         return cls(
             config,
             knowledge,
@@ -260,6 +271,7 @@ class Pipeline:
             masker=masker,
             llm=llm,
             compose_texts=load_compose(config.shop.knowledge_dir, config.shop.languages),
+            agents_translator=translator_over(agents_llm) if agents_llm is not None else None,
         )
 
     # -- the turn ---------------------------------------------------------------------
@@ -343,7 +355,7 @@ class Pipeline:
             vectors = await self.retriever.embed_async([text])  # batched with other turns
             out["embed_ms"] = round((time.perf_counter() - started) * 1000, 2)
             hits = await asyncio.to_thread(
-                self.retriever.search_vectors, vectors, k=self.config.retrieve.top_k
+                self.retriever.search_vectors, vectors, [text], k=self.config.retrieve.top_k
             )
             found = self.retriever.decide(hits, language)
             # answer: the top entry; clarify: two entries that together are likely, the
@@ -580,7 +592,12 @@ class Pipeline:
         with trace.stage("route") as out:
             out.update(route.as_dict())
         if route.path == "curated":
-            return self._curated(route.top.faq_id, where, trace, "curated")
+            # The localizer's "Yes, ..." answers the entry's own questions. Said to another
+            # question it may answer something the entry does not decide ("can I still
+            # exchange the briefs I unsealed?" -> "Yes, exchanges are free"), so only a
+            # message that is one of the indexed questions keeps it.
+            keep = self.retriever.indexed(scan.text)
+            return self._curated(route.top.faq_id, where, trace, "curated", keep_opening=keep)
         if route.path == "composed":
             return self._composed(route, specifics, where, trace)
         return await self._generated(
@@ -665,6 +682,7 @@ class Pipeline:
             passages=[p.text for p in passages],
             language=reply_language,
             allowed_numbers=_customer_references(specifics, reply_language),
+            excluded=sorted({s for h in hits for s in self.knowledge.entry(h.faq_id).excludes}),
             on_delta=stream,
         )
         settings = self.knowledge.languages.get(reply_language)
@@ -747,13 +765,23 @@ class Pipeline:
         source: str,
         *,
         reply_pivot: str | None = None,
+        keep_opening: bool = True,
     ) -> _Draft:
+        """The entry's curated answer; without ``keep_opening``, less an opening yes or no."""
         with trace.stage("localize") as out:
             reply = self.localizer.curated(faq_id, where)
+            language = where.language
             if reply is None:  # no curated localization: show the English answer, say so
                 english = locality_for(self.knowledge, "en", market=where.market)
                 reply = self.localizer.curated(faq_id, english) or ""
+                language = "en"
                 out.update(missing_localization=where.language)
+            texts = self.compose.get(language)
+            if not keep_opening and texts is not None:
+                plain = drop_opening_polarity(reply, texts.check, language)
+                if plain != reply:
+                    reply = plain
+                    out.update(opening_dropped=True)
             out.update(source=source, faq_id=faq_id, locale=where.locale, market=where.market)
         return _Draft(reply, [faq_id], source, reply_pivot)
 

@@ -7,22 +7,27 @@ tracking and SKU numbers, amounts, URLs and e-mails are masked (``#``), so "orde
 and "order #77120" are the same question. ``bot index`` stores the vectors in a FAISS index
 and trains a classifier head over them (``head.npz``):
 
-    logit(c) = w_c · standardize(q) + b_c + knn_weight × max cos(q, variants of c)
     P(c | q) = softmax(logit / temperature)
 
-a multinomial logistic regression plus the nearest variant of each class. ``knn_weight``
-and ``temperature`` are fitted on a held-out fifth of the variants (every class, by a hash of
-the text), then the regression is refitted on all of them; training is full-batch and starts
-from zeros, so a rebuild of the same knowledge gives the same head. The same held-out fifth
-sets a per-language answer threshold (lowest probability at which that language's held-out
-variants are answered wrongly at most 1 % of the time and the off-topic examples at most
-5 %, never under ``MIN_THRESHOLD``).
+    logit(c) = w_c · standardize(q) + b_c + knn_weight × max cos(q, variants of c)
+                                         + lex_weight × max tfidf-cos(q, variants of c)
+
+a multinomial logistic regression, the nearest variant of each class in the embedding, and
+the nearest variant of each class in spelling: character 2-4-grams inside word boundaries,
+TF-IDF weighted, accents folded (``CharGrams``), which reads any script without a tokenizer
+and forgives typos and missing accents. The weights and the temperature are chosen on
+out-of-fold predictions (5 folds over the variants, every class in every fold, by a hash of
+the class and position), then the regression is refitted on all variants; training is
+full-batch and starts from zeros, so a rebuild of the same knowledge gives the same head.
+The same out-of-fold predictions set a per-language answer threshold (lowest probability
+at which that language's variants are answered wrongly at most ``TARGET_WRONG`` of the time
+and the off-topic examples at most 5 %, never under ``MIN_THRESHOLD``).
 
 API::
 
     vectors = retriever.embed([text])                  # masked, cached; the model call
     vectors = await retriever.embed_async([text])      # the same, batched with other turns
-    hits = retriever.search_vectors(vectors, k=3)      # list[Hit], most probable first
+    hits = retriever.search_vectors(vectors, [text], k=3)  # list[Hit], most probable first
     decision = retriever.decide(hits, language)        # Decision
     decision.action    # "answer": hits[0] is the answer (decision.faq_ids == (id,))
                        # "clarify": ask which of decision.faq_ids (two) the customer means
@@ -59,6 +64,8 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from scipy.sparse import csr_matrix
+from sklearn.feature_extraction.text import TfidfVectorizer
 from tqdm import tqdm
 
 from bot.errors import IndexMissingError
@@ -69,16 +76,22 @@ INDEX_FILE = "faq.faiss"
 ANSWERS_FILE = "answers.faiss"
 HEAD_FILE = "head.npz"
 META_FILE = "faq.json"
-FORMAT = 2  # 2: masked variants + classifier head
+FORMAT = 3  # 2: masked variants + classifier head; 3: + character n-grams, 5 folds
 _BATCH = 32
 
 MASKED_KINDS = frozenset({"order", "tracking", "sku", "price", "url", "email"})
 MIN_THRESHOLD = 0.5  # never answer an FAQ that is less likely than all the others together
-TARGET_WRONG = 0.01  # held-out variants of a language answered wrongly, at most
-TARGET_OFF_TOPIC = 0.05  # held-out off-topic examples answered, at most
-_L2 = 1e-2  # weight decay of the regression (chosen on the held-out fifth)
+# Out-of-fold variants of a language answered wrongly, at most. Customers' own phrasing is
+# harder than the variants; measured on the development questions, 1 % here answered 5
+# points fewer of them rightly for 0.8 point fewer wrong than 2 %, which stays under the
+# goal of 3 % wrong (1.0 % today; docs/architecture.md, docs/eval.md).
+TARGET_WRONG = 0.02
+TARGET_OFF_TOPIC = 0.05  # out-of-fold off-topic examples answered, at most
+FOLDS = 5
+_L2 = 1e-2  # weight decay of the regression (chosen on held-out variants)
 _STEPS = 200
 _KNN_WEIGHTS = (0.0, 10.0, 20.0, 30.0, 50.0)
+_LEX_WEIGHTS = (0.0, 2.5, 5.0, 10.0)
 _GRID = tuple(round(0.3 + 0.05 * i, 2) for i in range(14))  # 0.30 ... 0.95
 
 
@@ -182,14 +195,19 @@ class Head:
     weights: np.ndarray  # (dim, classes)
     bias: np.ndarray  # (classes,)
     knn_weight: float
+    lex_weight: float
     temperature: float
     thresholds: Mapping[str, float]  # per language
-    heldout_top1: float = 0.0
+    heldout_top1: float = 0.0  # out-of-fold top-1 over the variants
 
-    def probabilities(self, queries: np.ndarray, nearest: np.ndarray) -> np.ndarray:
-        """P(class | query) for query vectors and their best cosine per class."""
+    def probabilities(
+        self, queries: np.ndarray, nearest: np.ndarray, lexical: np.ndarray
+    ) -> np.ndarray:
+        """P(class | query) for query vectors, their best cosine per class and their best
+        character n-gram cosine per class."""
         logits = ((queries - self.mean) * self.scale) @ self.weights + self.bias
-        return _softmax((logits + self.knn_weight * nearest) / self.temperature)
+        logits += self.knn_weight * nearest + self.lex_weight * lexical
+        return _softmax(logits / self.temperature)
 
     def threshold(self, language: str) -> float:
         return self.thresholds.get(language, max(self.thresholds.values(), default=0.9))
@@ -199,6 +217,7 @@ class Head:
             "classes": list(self.classes),
             "scale": self.scale,
             "knn_weight": self.knn_weight,
+            "lex_weight": self.lex_weight,
             "temperature": self.temperature,
             "thresholds": dict(self.thresholds),
             "heldout_top1": self.heldout_top1,
@@ -223,48 +242,86 @@ class Head:
                 weights=data["weights"],
                 bias=data["bias"],
                 knn_weight=float(extra["knn_weight"]),
+                lex_weight=float(extra["lex_weight"]),
                 temperature=float(extra["temperature"]),
                 thresholds={k: float(v) for k, v in extra["thresholds"].items()},
                 heldout_top1=float(extra.get("heldout_top1", 0.0)),
             )
 
 
-def fit_head(vectors: np.ndarray, labels: Sequence[str], languages: Sequence[str]) -> Head:
-    """Train the head on every variant; calibrate it on a held-out fifth first.
+class CharGrams:
+    """Nearest question variants by spelling: TF-IDF over character 2-4-grams within word
+    boundaries, lower-cased and accents folded, on the masked texts. Any script, no
+    tokenizer; "rueckgabe", "reembolso" without its accent and a typo still share most of
+    their n-grams with the curated variant. Fitted in half a second, so the index keeps
+    only the texts and every load refits it (the same texts give the same vectors)."""
 
-    ``languages`` gives each variant's language ("" for the off-topic examples, which count
-    for every language's threshold).
+    def __init__(self, texts: Sequence[str]) -> None:
+        self._vectorizer = TfidfVectorizer(
+            analyzer="char_wb",
+            ngram_range=(2, 4),
+            lowercase=True,
+            strip_accents="unicode",
+            sublinear_tf=True,
+            dtype=np.float32,
+        )
+        self._rows_t: csr_matrix = self._vectorizer.fit_transform(texts).T.tocsr()
+
+    def similarities(self, texts: Sequence[str]) -> np.ndarray:
+        """Cosine of each text with every fitted text: (texts, rows)."""
+        out: np.ndarray = (self._vectorizer.transform(texts) @ self._rows_t).toarray()
+        return out
+
+
+def fit_head(
+    vectors: np.ndarray, texts: Sequence[str], labels: Sequence[str], languages: Sequence[str]
+) -> Head:
+    """Train the head on every variant; choose its weights, temperature and thresholds on
+    out-of-fold predictions first.
+
+    ``texts`` are the variants as embedded (masked), ``languages`` each variant's language
+    ("" for the off-topic examples, which count for every language's threshold).
     """
     classes = tuple(sorted(set(labels)))
+    n = len(classes)
     y = np.array([classes.index(label) for label in labels])
-    held = np.array([zlib.crc32(f"{i}".encode()) % 5 == 0 for i in _ranks(labels)])
-    train, test = ~held, held
-
-    mean, scale, weights, bias = _regression(vectors[train], y[train], len(classes))
-    logits = ((vectors[test] - mean) * scale) @ weights + bias
-    nearest = _nearest_by_class(vectors[test] @ vectors[train].T, y[train], len(classes))
-    # The nearest-variant weight by held-out top-1 (then likelihood), the temperature by
-    # likelihood: ranking first, then calibration.
-    best: tuple[float, float, float, float] | None = None  # top-1, -nll, weight, temperature
+    fold = np.array([zlib.crc32(key.encode()) % FOLDS for key in _ranks(labels)])
+    logits = np.zeros((len(y), n), np.float32)
+    dense = np.zeros_like(logits)
+    lexical = np.zeros_like(logits)
+    for f in range(FOLDS):
+        train, test = fold != f, fold == f
+        if not test.any() or not train.any():
+            continue
+        mean, scale, weights, bias = _regression(vectors[train], y[train], n)
+        logits[test] = ((vectors[test] - mean) * scale) @ weights + bias
+        dense[test] = _nearest_by_class(vectors[test] @ vectors[train].T, y[train], n)
+        grams = CharGrams([t for t, m in zip(texts, train, strict=True) if m])
+        similar = grams.similarities([t for t, m in zip(texts, test, strict=True) if m])
+        lexical[test] = _nearest_by_class(similar, y[train], n)
+    # The two nearest-variant weights by out-of-fold top-1 (then likelihood), the
+    # temperature by likelihood: ranking first, then calibration.
+    best: tuple[float, float, float, float, float] | None = None
     for knn_weight in _KNN_WEIGHTS:
-        combined = logits + knn_weight * nearest
-        temperature, nll = _temperature(combined, y[test])
-        top1 = float((combined.argmax(1) == y[test]).mean())
-        if best is None or (top1, -nll) > best[:2]:
-            best = (top1, -nll, knn_weight, temperature)
+        for lex_weight in _LEX_WEIGHTS:
+            combined = logits + knn_weight * dense + lex_weight * lexical
+            temperature, nll = _temperature(combined, y)
+            top1 = float((combined.argmax(1) == y).mean())
+            if best is None or (top1, -nll) > best[:2]:
+                best = (top1, -nll, knn_weight, lex_weight, temperature)
     assert best is not None
-    _, _, knn_weight, temperature = best
-    probs = _softmax((logits + knn_weight * nearest) / temperature)
-    test_languages = [lang for lang, h in zip(languages, held, strict=True) if h]
-    thresholds = _thresholds(probs, y[test], test_languages, classes.index(OUT_OF_SCOPE))
-    top1 = float((probs.argmax(1) == y[test]).mean())
+    top1, _, knn_weight, lex_weight, temperature = best
+    probs = _softmax((logits + knn_weight * dense + lex_weight * lexical) / temperature)
+    thresholds = _thresholds(probs, y, languages, classes.index(OUT_OF_SCOPE))
 
-    mean, scale, weights, bias = _regression(vectors, y, len(classes))
-    return Head(classes, mean, scale, weights, bias, knn_weight, temperature, thresholds, top1)
+    mean, scale, weights, bias = _regression(vectors, y, n)
+    return Head(
+        classes, mean, scale, weights, bias, knn_weight, lex_weight, temperature, thresholds, top1
+    )
 
 
 def _ranks(labels: Sequence[str]) -> Iterator[str]:
-    """A stable key per variant for the held-out split: class and position in the class."""
+    """A stable key per variant for the folds: class and position in the class."""
     seen: dict[str, int] = {}
     for label in labels:
         seen[label] = seen.get(label, 0) + 1
@@ -396,7 +453,7 @@ def build_index(
     questions = _embed(texts, embedder.queries, bar)
     answer_vectors = _embed(answers, embedder.passages, bar)
     bar.close()
-    head = fit_head(questions, [i for i, _, _ in items], [lang for _, _, lang in items])
+    head = fit_head(questions, texts, [i for i, _, _ in items], [lang for _, _, lang in items])
     index_dir.mkdir(parents=True, exist_ok=True)
     for name, vectors in ((INDEX_FILE, questions), (ANSWERS_FILE, answer_vectors)):
         index = faiss.IndexFlatIP(embedder.dim)
@@ -447,6 +504,7 @@ class _Loaded:
     masker: Masker
     fingerprint: str
     rows: Mapping[str, int]  # masked variant text -> its row in ``questions``
+    grams: CharGrams  # over the masked variants, rows as in ``questions``
 
 
 class Retriever:
@@ -492,7 +550,15 @@ class Retriever:
         masked = meta.get("masked") or [mask_for_embedding(masker, t) for t in meta["texts"]]
         rows = {text: row for row, text in enumerate(masked)}
         loaded = _Loaded(
-            head, questions, starts, answers, meta["texts"], masker, meta["fingerprint"], rows
+            head,
+            questions,
+            starts,
+            answers,
+            meta["texts"],
+            masker,
+            meta["fingerprint"],
+            rows,
+            CharGrams(masked),
         )
         with self._lock:
             self._index = loaded
@@ -505,7 +571,7 @@ class Retriever:
         unique = [t for t in dict.fromkeys(t.strip() for t in texts) if t]
         if not unique:
             return []
-        return self.search_vectors(self.embed(unique), k=k, pivot=pivot)
+        return self.search_vectors(self.embed(unique), unique, k=k, pivot=pivot)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Query embeddings of the masked texts: a variant's own vector, a recent one from
@@ -552,21 +618,26 @@ class Retriever:
                 self._cache.popitem(last=False)
 
     def search_vectors(
-        self, queries: np.ndarray, *, k: int = 3, pivot: str | None = None
+        self, queries: np.ndarray, texts: Sequence[str], *, k: int = 3, pivot: str | None = None
     ) -> list[Hit]:
-        """Like ``search``, for query vectors already embedded (``embed``).
+        """Like ``search``, for query vectors already embedded (``embed``) from ``texts``
+        (one vector per text, in order: the spelling of the text is the head's third input).
 
         Several query rows (one message in several forms) count as the most confident of
         them, per FAQ id. ``pivot`` is accepted for callers of the older ranker and unused:
         the head reads the customer's own text in any launch language.
         """
         del pivot
+        if len(texts) != len(queries):
+            raise ValueError(f"{len(queries)} query vectors for {len(texts)} texts")
         with self._lock:
             index = self._index
         head = index.head
         similarities = queries @ index.questions.T
         nearest = np.maximum.reduceat(similarities, index.starts, axis=1)
-        probs = head.probabilities(queries, nearest)
+        spelled = index.grams.similarities([mask_for_embedding(index.masker, t) for t in texts])
+        lexical = np.maximum.reduceat(spelled, index.starts, axis=1)
+        probs = head.probabilities(queries, nearest, lexical)
         best_row = probs.max(1).argmax() if len(queries) > 1 else 0
         per_class = probs.max(0)
         answer_sim = queries[best_row] @ index.answers.T

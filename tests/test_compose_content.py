@@ -163,7 +163,7 @@ def test_every_key_is_present_and_filled(language: str) -> None:
     assert set(data["acknowledge"]) == {*SLOTTED, *UNSLOTTED}, language
     for key, text in data["acknowledge"].items():
         assert isinstance(text, str) and text.strip() == text and text, (language, key)
-    assert set(data["check"]) == {"yes", "no", "promise"}, language
+    assert set(data["check"]) == {"yes", "no", "promise", "grant", "negation", "states"}, language
     for key in ("yes", "no"):
         words = data["check"][key]
         assert words and len(set(words)) == len(words), (language, key)

@@ -178,6 +178,17 @@ def test_lost_placeholder_is_a_warning(knowledge: Knowledge, masker: Masker) -> 
     assert [(n.code, n.message) for n in lost] == [("placeholder_lost", "#48213")]
 
 
+def test_an_agent_model_the_bot_cannot_serve_stops_the_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--agent-model` naming no known model and no URL ends the run at once, saying why,
+    before any engine starts."""
+    from bot.cli import main
+
+    assert main(["eval", "translate", "--agent-model", "gpt-4o", "--lang", "de", "--quiet"]) == 2
+    assert "console.translate_model 'gpt-4o' is neither a URL" in capsys.readouterr().err
+
+
 # -- with the real model (the session's llama.cpp engine) ------------------------------------
 
 

@@ -172,7 +172,7 @@ async def test_gate_never_streams_an_invented_amount(config: Config, pipeline: P
             compose_texts=pipeline.compose,
         )  # fmt: skip
         result = await gated.answer(
-            "My order #48213 hasn't arrived yet, where is it?",
+            "Where is my order #48213? How can I track it?",
             TurnContext(locale_hint="en-US"),
             on_delta=on_delta,
         )

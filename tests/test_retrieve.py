@@ -104,11 +104,13 @@ def test_head_training_is_deterministic(knowledge: Knowledge) -> None:
     rng = np.random.default_rng(0)
     items = sorted(variants(knowledge), key=lambda item: item[0])
     vectors = rng.normal(size=(len(items), 16)).astype(np.float32)
+    texts = [text for _, text, _ in items]
     labels = [i for i, _, _ in items]
     langs = [lang for _, _, lang in items]
-    a, b = fit_head(vectors, labels, langs), fit_head(vectors, labels, langs)
+    a, b = fit_head(vectors, texts, labels, langs), fit_head(vectors, texts, labels, langs)
     assert np.array_equal(a.weights, b.weights) and a.thresholds == b.thresholds
-    assert a.temperature == b.temperature
+    weights = [(h.temperature, h.knn_weight, h.lex_weight) for h in (a, b)]
+    assert weights[0] == weights[1]
 
 
 def test_index_reload_picks_up_a_rebuilt_index(config: Config, tmp_path: Path) -> None:

@@ -224,6 +224,23 @@ async def test_unreplied_messages_are_the_ones_without_a_reply(store: Store) -> 
     assert pending[0] == two.message
 
 
+async def test_a_message_is_answered_once(store: Store) -> None:
+    """A second reply to the same message (another process, or this one after a freeze
+    that outlived its turn lock) stores nothing and sends nothing, even when both race."""
+    conv, _ = await store.create_conversation(language="es")
+    accepted = await store.accept_message(conv.id, "m1", "¿Cómo devuelvo un artículo?")
+    first, second = await asyncio.gather(
+        store.record_reply(conv.id, accepted.message.id, "m1", answered()),
+        store.record_reply(conv.id, accepted.message.id, "m1", answered()),
+    )
+    assert sorted([len(first), len(second)]) == [0, 1]
+    late = await store.record_reply(conv.id, accepted.message.id, "m1", answered())
+    assert late == []
+    roles = [m["role"] for m in await store.messages(conv.id)]
+    assert roles == ["customer", "bot"]
+    assert [e.type for e in await store.events_after(conv.id, 0)] == ["ack", "reply"]
+
+
 async def test_reply_records_the_turn_on_both_messages(store: Store) -> None:
     """Language, pivot, FAQ ids and the trace are stored with the message pair."""
     conv, _ = await store.create_conversation(language="en")

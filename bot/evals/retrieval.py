@@ -130,7 +130,7 @@ def run(retriever: Retriever, cases: Sequence[Case], *, progress: bool = True) -
         chunk = cases[start : start + _BATCH]
         vectors = retriever.embed([c.text for c in chunk])
         for case, vector in zip(chunk, vectors, strict=True):
-            hits = retriever.search_vectors(vector[None, :], k=3)
+            hits = retriever.search_vectors(vector[None, :], [case.text], k=3)
             decision = retriever.decide(hits, case.language)
             ranked = tuple(h.faq_id for h in hits)
             out.append(Outcome(case, ranked, hits[0].confidence, decision.action, decision.faq_ids))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bot.config import Config
+from bot.config import Config, ModelConfig
+from bot.errors import ConfigError
 from bot.llm import LLMClient
 
 if TYPE_CHECKING:
@@ -30,6 +33,13 @@ def register(sub: Any) -> dict[str, Handler]:
     p.add_argument("--subset", type=int, metavar="N", help="the first N cases per language")
     p.add_argument(
         "--systems", default="raw,agent", help=f"comma-separated, of {', '.join(SYSTEMS)}"
+    )
+    p.add_argument(
+        "--agent-model",
+        metavar="NAME|URL",
+        help="the agent system's model: a registry name (a second embedded engine on "
+        "model.port + 1, or console.translate_port) or an OpenAI-compatible URL; "
+        '"" the raw model; default: console.translate_model, as the console',
     )
     p.add_argument("--shots", type=int, default=4, help="few-shot examples per sentence")
     p.add_argument("--no-split", action="store_true", help="translate each reply whole")
@@ -63,10 +73,19 @@ async def _translate(args: argparse.Namespace, config: Config) -> int:
     # Leave-one-out on the dev split: a case never finds its own reference in the memory.
     own = {(c.language, c.text) for c in cases}
     memory = [p for p in memory if (p[0], p[1]) not in own]
-    async with model_client(config.model) as llm:
+    try:
+        agent_cfg = agent_model(config, args.agent_model)
+    except ConfigError as exc:
+        print(f"--agent-model: {exc}", file=sys.stderr)
+        return 2
+    async with AsyncExitStack() as stack:
+        llm = await stack.enter_async_context(model_client(config.model))
+        agent_llm = None
+        if agent_cfg is not None and "agent" in names:
+            agent_llm = await stack.enter_async_context(model_client(agent_cfg))
         systems = await asyncio.to_thread(
             build_systems, config, llm, memory,
-            shots=args.shots, split=not args.no_split, check=args.check,
+            shots=args.shots, split=not args.no_split, check=args.check, agent_llm=agent_llm,
         )  # fmt: skip
         outputs = await translate.run(
             {n: systems.get(n) for n in names}, cases, progress=not args.quiet
@@ -75,7 +94,8 @@ async def _translate(args: argparse.Namespace, config: Config) -> int:
     meta = {
         "split": args.split,
         "cases": len(cases),
-        "model": config.model.name,
+        "model": _describe(config.model),
+        "agent model": _describe(agent_cfg or config.model),
         "systems": ",".join(names),
         "shots": args.shots,
         "sentence split": not args.no_split,
@@ -91,6 +111,19 @@ async def _translate(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def agent_model(config: Config, value: str | None) -> ModelConfig | None:
+    """The agent system's model settings (``--agent-model``, else the console's
+    ``translate_model``); None: the raw model's. Raises ConfigError for a bad value."""
+    console = config.console
+    if value is not None:
+        console = dataclasses.replace(console, translate_model=value)  # validates it
+    return console.translation_model(config.model)
+
+
+def _describe(model: ModelConfig) -> str:
+    return model.url or f"{model.name} (embedded, port {model.port}, {model.threads} threads)"
+
+
 def build_systems(
     config: Config,
     llm: LLMClient,
@@ -99,9 +132,11 @@ def build_systems(
     shots: int,
     split: bool,
     check: bool,
+    agent_llm: LLMClient | None = None,
 ) -> Systems:
-    """The three systems over one model client; ``approved`` (language, English, reference)
-    pairs join the translation memory as agent-approved ones. Blocking: call in a thread."""
+    """The three systems over one model client (the agent system over ``agent_llm`` when
+    given); ``approved`` (language, English, reference) pairs join the translation memory
+    as agent-approved ones. Blocking: call in a thread."""
     from bot.agent_translate import AgentTranslator
     from bot.detect import LanguageDetector, load_lexicon
     from bot.evals.translate import Systems
@@ -141,6 +176,13 @@ def build_systems(
 
         return render
 
-    agent = AgentTranslator(translator, shots=shots, split=split, language_of=language_of)
+    agent_translator = translator
+    if agent_llm is not None:  # same memory and masker, the other model
+        agent_translator = Translator(
+            knowledge, masker, memory, agent_llm,
+            min_similarity=config.translate.memory_min_similarity,
+            max_tokens=config.translate.max_tokens, language_of=language_of,
+        )  # fmt: skip
+    agent = AgentTranslator(agent_translator, shots=shots, split=split, language_of=language_of)
     render = {lang: renderer(lang) for lang in config.shop.languages}
     return Systems(llm, translator, agent, render, check=check)

@@ -31,6 +31,7 @@ from bot.server.admission import Admission
 from bot.server.agent import AGENT_PATH, AgentHandler, Desk
 from bot.server.chat import ChatHandler
 from bot.server.console import ConsoleRoutes, load_console
+from bot.server.console_translate import TranslationModel
 from bot.server.http import CHAT_PATH, Routes, load_static
 from bot.server.metrics import Metrics
 from bot.server.rooms import Hub
@@ -112,7 +113,15 @@ class App:
                 self.llm = await stack.enter_async_context(LLMClient(config.model))
             if self.llm is not None and self.engine and config.model.embedded:
                 await self._start_engine(self.llm)
-            self.pipeline = await asyncio.to_thread(Pipeline.build, config, self.llm)
+            agents_llm = None
+            translate_model = config.console.translation_model(config.model)
+            if translate_model is not None:  # its engine starts with the first translation
+                agents_llm = await stack.enter_async_context(
+                    TranslationModel(translate_model, start=self.engine)
+                )
+            self.pipeline = await asyncio.to_thread(
+                Pipeline.build, config, self.llm, agents_llm=agents_llm
+            )
         await self._load_translation_memory()
 
         texts = Texts(self.pipeline)

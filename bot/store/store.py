@@ -644,9 +644,30 @@ class Store:
     async def record_reply(
         self, conversation_id: str, message_id: int, client_id: str | None, reply: Reply
     ) -> list[StoredEvent]:
-        """Store the bot's reply to a customer message, and the handoff it asks for."""
+        """Store the bot's reply to a customer message, and the handoff it asks for.
+
+        A message is answered once: when it already has a reply (a second process, or this
+        one after a freeze that outlived its turn lock, got there first) nothing is stored
+        and no events are returned. The claim is the conditional update below, so on
+        PostgreSQL a concurrent writer waits for the first one's commit and then finds the
+        message replied."""
         cid = conversation_id
         async with self._write() as session:
+            now = utcnow()
+            claimed = await session.scalar(
+                update(MESSAGES)
+                .where(MESSAGES.c.id == message_id, MESSAGES.c.replied.is_(False))
+                .values(
+                    language=reply.language,
+                    pivot_text=reply.pivot,
+                    faq_ids=list(reply.faq_ids),
+                    replied=True,
+                    replied_at=now,
+                )
+                .returning(MESSAGES.c.id)
+            )
+            if claimed is None:
+                return []
             handoff = False
             if reply.handoff_reason is not None:  # only if the bot still has the conversation
                 handoff = bool(
@@ -664,18 +685,6 @@ class Store:
                 2 if handoff else 1,
                 language=reply.language,
                 no_answer_streak=streak,
-            )
-            now = utcnow()
-            await session.execute(
-                update(MESSAGES)
-                .where(MESSAGES.c.id == message_id)
-                .values(
-                    language=reply.language,
-                    pivot_text=reply.pivot,
-                    faq_ids=list(reply.faq_ids),
-                    replied=True,
-                    replied_at=now,
-                )
             )
             await session.execute(
                 insert(MESSAGES).values(

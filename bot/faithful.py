@@ -13,8 +13,10 @@ ask them. It checks what can be checked in every launch language:
 - **conditions**: a sentence that grants a return, exchange, refund, cancellation or change
   ("you can return them", "sie können umgetauscht werden") for an item or order in a state
   that the answered entries' policy excludes (``excludes`` in ``knowledge/faq``: worn,
-  washed, tags removed, unsealed, personalized, already shipped), unless the sentence
-  negates or restricts it ("can't", "only if", "must be unworn");
+  washed, tags removed, unsealed, personalized, already shipped, and the kind gift card),
+  named in the sentence or, when the sentence names none, in the customer's message ("I
+  wore them once, can I return them?" -> "You can return them within 30 days."), unless
+  the sentence negates or restricts it ("can't", "only if", "must be unworn");
 - **numbers**: every number, amount or duration, in digits or in words of the reply's
   language ("dreißig Tage", "三十天"), must be in a passage. The customer's own figures are
   not policy facts ("confirm my refund is 500 EUR"); only their order, tracking and SKU
@@ -95,6 +97,7 @@ class FaithfulnessChecker:
                 language=language,
                 allowed=allowed_numbers,
                 excluded=excluded,
+                question=question,
             )
         if is_echo(reply, question):
             verdict.problems.append(Problem("echo", reply[:80]))
@@ -108,6 +111,7 @@ class FaithfulnessChecker:
         language: str,
         allowed: Iterable[str] = (),
         excluded: Collection[str] = (),
+        question: str = "",
     ) -> list[Problem]:
         lexicon = self.lexicons.get(language)
         problems: list[Problem] = []
@@ -119,7 +123,7 @@ class FaithfulnessChecker:
                 found = pattern.search(sentence)
                 if found and not any(pattern.search(p) for p in passages):
                     problems.append(Problem("promise", found.group(0)))
-            if excluded and (granted := granted_state(sentence, lexicon, excluded)):
+            if excluded and (granted := granted_state(sentence, lexicon, excluded, question)):
                 problems.append(Problem("condition", granted))
         grounded = set(allowed)
         for passage in passages:
@@ -130,17 +134,22 @@ class FaithfulnessChecker:
         return problems
 
 
-def granted_state(sentence: str, lexicon: CheckLexicon, excluded: Collection[str]) -> str | None:
+def granted_state(
+    sentence: str, lexicon: CheckLexicon, excluded: Collection[str], question: str = ""
+) -> str | None:
     """ "You can return shoes you wore once" with ``worn`` excluded -> "worn: wore": the
     sentence grants something (``grant``), does not negate or restrict it (``negation``),
-    and names an excluded state. None when it passes."""
+    and names an excluded state, or names none while the customer's ``question`` does (the
+    grant then answers it: "I wore them once, can I return them?" -> "You can return them
+    within 30 days."). None when it passes."""
     grant = next((m for p in lexicon.grant if (m := p.search(sentence))), None)
     if grant is None or any(p.search(sentence) for p in lexicon.negation):
         return None
-    for state in excluded:
-        for pattern in lexicon.states.get(state, ()):
-            if found := pattern.search(sentence):
-                return f"{state}: {found.group(0)} ({grant.group(0)})"
+    for text, where in ((sentence, ""), (question, " in the question")):
+        for state in excluded:
+            for pattern in lexicon.states.get(state, ()):
+                if text and (found := pattern.search(text)):
+                    return f"{state}: {found.group(0)}{where} ({grant.group(0)})"
     return None
 
 
@@ -296,6 +305,7 @@ class SentenceGate:
                 language=self._language,
                 allowed=self._allowed,
                 excluded=self._excluded,
+                question=self._question,
             )
         if is_echo(self.released + text, self._question):
             problems.append(Problem("echo", text[:80]))

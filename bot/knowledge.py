@@ -105,10 +105,11 @@ class Answer:
         return self.markets.get(market, self.text)
 
 
-# States of an item or order that an entry's policy rules out ("excludes"): a model-written
-# sentence granting a return, exchange, refund, cancellation or change for one of them fails
-# the faithfulness gate (bot/faithful.py; the words per language: compose/LL.toml).
-STATES = ("worn", "washed", "tags_removed", "unsealed", "personalized", "shipped")
+# States (and one kind) of an item or order that an entry's policy rules out ("excludes"): a
+# model-written sentence granting a return, exchange, refund, cancellation or change for one
+# of them fails the faithfulness gate (bot/faithful.py; the words per language:
+# compose/LL.toml).
+STATES = ("worn", "washed", "tags_removed", "unsealed", "personalized", "shipped", "gift_card")
 
 
 @dataclass(frozen=True)

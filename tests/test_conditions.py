@@ -44,7 +44,8 @@ def test_granting_an_excluded_state_fails_and_its_negation_passes(language: str)
     for case in cases(language):
         excluded = [str(s) for s in case["excluded"]]  # type: ignore[attr-defined]
         assert set(excluded) <= set(STATES)
-        flagged = granted_state(str(case["text"]), lexicon, excluded)
+        question = str(case.get("question", ""))
+        flagged = granted_state(str(case["text"]), lexicon, excluded, question)
         if bool(flagged) != bool(case["flag"]):
             wrong.append((case["text"], flagged))
     assert not wrong
@@ -80,6 +81,14 @@ def test_the_gate_reports_a_condition_problem() -> None:
         excluded=("worn",),
     )
     assert [p.kind for p in verdict.problems] == ["condition"]
+    elliptical = checker.check(
+        "You can send them back within 30 days.",
+        question="Can I return shoes I wore once outside?",
+        passages=[passage],
+        language="en",
+        excluded=("worn",),
+    )
+    assert [p.kind for p in elliptical.problems] == ["condition"]
     assert checker.check(
         "Worn shoes can't be returned.",
         question="Can I return shoes I wore once outside?",

@@ -31,7 +31,13 @@ from typing import Any
 
 from bot.errors import TranslationError
 from bot.mask import TOKEN, Masked, Masker, Scan, Span, unmask
-from bot.translate import LANGUAGE_NAMES, Translator, normalize
+from bot.translate import (
+    LANGUAGE_NAMES,
+    Translator,
+    accept_translation,
+    normalize,
+    restore_spans,
+)
 
 Render = Callable[[str, str], str]  # (span kind, span text) -> as the target locale writes it
 
@@ -319,7 +325,7 @@ class AgentTranslator:
         for sentence in sentences:
             original = unmask(sentence.text, sentence)
             if not normalize(TOKEN.sub(" ", sentence.text)):
-                parts.append(_restore(sentence.text, sentence, render))  # a link alone
+                parts.append(restore_spans(sentence.text, sentence, render))  # a link alone
                 continue
             if len(sentences) > 1:
                 hit = await asyncio.to_thread(
@@ -383,26 +389,16 @@ class AgentTranslator:
                 max_tokens=min(self.max_tokens, 48 + 2 * len(masked.text)),
                 temperature=0.0,
             )
-            candidate = _clean(completion.text)
             try:
-                restored = _restore(candidate, masked, render)
+                restored = accept_translation(
+                    _clean(completion.text), masked, render,
+                    source=source, target=target, language_of=self.language_of,
+                )  # fmt: skip
             except ValueError as exc:
                 problem = str(exc)
                 continue
-            if not restored.strip():
-                problem = "empty translation"
-                continue
-            if self._echo(restored, source, target):
-                problem = f"the text is not in {LANGUAGE_NAMES.get(target, target)}"
-                continue
             return restored, len(shots)
         raise TranslationError(f"model translation {source}->{target} rejected: {problem}")
-
-    def _echo(self, text: str, source: str, target: str) -> bool:
-        if self.language_of is None or sum(ch.isalpha() for ch in text) < 15:
-            return False
-        detected = self.language_of(text)
-        return detected is not None and detected != target and detected == source
 
 
 def _local(part: str, masked: Masked) -> Masked:
@@ -415,13 +411,6 @@ def _local(part: str, masked: Masked) -> Masked:
 
     text = TOKEN.sub(renumber, part)
     return Masked(text, tuple(masked.spans[n - 1] for n in numbers))
-
-
-def _restore(candidate: str, masked: Masked, render: Render | None) -> str:
-    spans = {
-        i + 1: render(s.kind, s.text) if render else s.text for i, s in enumerate(masked.spans)
-    }
-    return unmask(candidate, masked, render=spans)
 
 
 _PREAMBLE = re.compile(

@@ -271,21 +271,13 @@ class Translator:
                 temperature=0.0,
                 on_delta=on_delta if attempt == 0 else None,
             )
-            candidate = _clean(completion.text)
             try:
-                spans = {
-                    i + 1: render(s.kind, s.text) if render else s.text
-                    for i, s in enumerate(masked.spans)
-                }
-                restored = unmask(candidate, masked, render=spans)
+                restored = accept_translation(
+                    _clean(completion.text), masked, render,
+                    source=source, target=target, language_of=self._language_of,
+                )  # fmt: skip
             except ValueError as exc:
                 problem = str(exc)
-                continue
-            if not restored.strip():
-                problem = "empty translation"
-                continue
-            if self._wrong_language(restored, source, target):
-                problem = f"the text is not in {LANGUAGE_NAMES.get(target, target)}"
                 continue
             return restored, completion.usage()
         raise TranslationError(f"model translation {source}->{target} rejected: {problem}")
@@ -296,11 +288,36 @@ class Translator:
             self._shot_cache[key] = few_shot(self.knowledge, source, target)
         return self._shot_cache[key]
 
-    def _wrong_language(self, text: str, source: str, target: str) -> bool:
-        if self._language_of is None or sum(ch.isalpha() for ch in text) < 15:
-            return False
-        detected = self._language_of(text)
-        return detected is not None and detected != target and detected == source
+
+def restore_spans(candidate: str, masked: Masked, render: Callable[[str, str], str] | None) -> str:
+    """A masked text's tokens replaced by its spans, as ``render`` (kind, text) writes them;
+    ValueError when a token is lost or invented."""
+    spans = {
+        i + 1: render(s.kind, s.text) if render else s.text for i, s in enumerate(masked.spans)
+    }
+    return unmask(candidate, masked, render=spans)
+
+
+def accept_translation(
+    candidate: str,
+    masked: Masked,
+    render: Callable[[str, str], str] | None,
+    *,
+    source: str,
+    target: str,
+    language_of: Callable[[str], str | None] | None,
+) -> str:
+    """A model's translation of ``masked`` with its spans restored, or ValueError saying why
+    it is refused: a token lost or invented, nothing left, or still in the source language
+    (checked with ``language_of`` on texts of 15 letters or more)."""
+    restored = restore_spans(candidate, masked, render)
+    if not restored.strip():
+        raise ValueError("empty translation")
+    if language_of is not None and sum(ch.isalpha() for ch in restored) >= 15:
+        detected = language_of(restored)
+        if detected is not None and detected != target and detected == source:
+            raise ValueError(f"the text is not in {LANGUAGE_NAMES.get(target, target)}")
+    return restored
 
 
 def _clean(text: str) -> str:

@@ -148,7 +148,7 @@ def _emit(obj: dict[str, Any]) -> None:
 
 def cmd_index(args: argparse.Namespace, config: Config) -> int:
     from bot.knowledge import load_knowledge
-    from bot.retrieve import Embedder, build_index, index_is_current
+    from bot.retrieve import MISSES_FILE, Embedder, build_index, index_is_current
 
     knowledge = load_knowledge(config.shop.knowledge_dir)
     if not args.force and index_is_current(config.retrieve.index_dir, knowledge):
@@ -166,7 +166,9 @@ def cmd_index(args: argparse.Namespace, config: Config) -> int:
     )
     print(
         f"indexed {info.entries} FAQ entries as {info.vectors} vectors in {info.seconds:.1f} s "
-        f"-> {config.retrieve.index_dir}",
+        f"-> {config.retrieve.index_dir}; {info.misses} question variants rank under another "
+        f"entry when left out of training (out-of-fold top-1 {info.heldout_top1:.1%}): "
+        f"{config.retrieve.index_dir / MISSES_FILE}",
         file=sys.stderr,
     )
     return 0

@@ -720,7 +720,10 @@ class Pipeline:
         cited = reply.faq_ids[0]
         faq_answer = next(p.text for p in passages if p.faq_id == cited)
         if _similar(reply.text, faq_answer) >= 0.85:
-            # The model restated the FAQ answer: the curated localization says it best.
+            # The model restated the FAQ answer: the curated localization says it best, after
+            # the acknowledgement of the customer's order number or item when there is one.
+            if route.specific:
+                return self._composed(route, specifics, where, trace, why="restated the FAQ")
             return self._curated(cited, where, trace, "curated", reply_pivot=reply.text)
         if in_customer_language:
             if self.detector.detect(reply.text, hint=where.language).language != where.language:

@@ -76,6 +76,7 @@ INDEX_FILE = "faq.faiss"
 ANSWERS_FILE = "answers.faiss"
 HEAD_FILE = "head.npz"
 META_FILE = "faq.json"
+MISSES_FILE = "misses.tsv"  # variants that rank under another entry out of fold
 FORMAT = 3  # 2: masked variants + classifier head; 3: + character n-grams, 5 folds
 _BATCH = 32
 
@@ -178,8 +179,26 @@ class IndexInfo:
     entries: int
     seconds: float
     fingerprint: str
-    heldout_top1: float = 0.0  # top-1 of the head on the held-out fifth of the variants
+    heldout_top1: float = 0.0  # out-of-fold top-1 of the head over the variants
     thresholds: Mapping[str, float] = field(default_factory=dict)
+    misses: int = 0  # variants ranked under another entry out of fold (``MISSES_FILE``)
+
+
+@dataclass(frozen=True)
+class Miss:
+    """A question variant that, left out of training, ranks under another entry: for the
+    localizers, a question that is ambiguous or too like another entry's."""
+
+    language: str
+    text: str
+    faq_id: str
+    ranked_first: str
+    probability: float  # of ``ranked_first``
+
+    def row(self) -> str:
+        return "\t".join(
+            (self.language, self.faq_id, self.ranked_first, f"{self.probability:.2f}", self.text)
+        )
 
 
 # -- the classifier head -------------------------------------------------------------------
@@ -274,13 +293,18 @@ class CharGrams:
 
 
 def fit_head(
-    vectors: np.ndarray, texts: Sequence[str], labels: Sequence[str], languages: Sequence[str]
+    vectors: np.ndarray,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    languages: Sequence[str],
+    misses: list[Miss] | None = None,
 ) -> Head:
     """Train the head on every variant; choose its weights, temperature and thresholds on
     out-of-fold predictions first.
 
     ``texts`` are the variants as embedded (masked), ``languages`` each variant's language
-    ("" for the off-topic examples, which count for every language's threshold).
+    ("" for the off-topic examples, which count for every language's threshold). The
+    variants that rank under another entry out of fold are appended to ``misses``.
     """
     classes = tuple(sorted(set(labels)))
     n = len(classes)
@@ -313,6 +337,11 @@ def fit_head(
     top1, _, knn_weight, lex_weight, temperature = best
     probs = _softmax((logits + knn_weight * dense + lex_weight * lexical) / temperature)
     thresholds = _thresholds(probs, y, languages, classes.index(OUT_OF_SCOPE))
+    if misses is not None:
+        first = probs.argmax(1)
+        for i in map(int, np.flatnonzero(first != y)):
+            top = int(first[i])
+            misses.append(Miss(languages[i], texts[i], classes[y[i]], classes[top], probs[i, top]))
 
     mean, scale, weights, bias = _regression(vectors, y, n)
     return Head(
@@ -453,7 +482,11 @@ def build_index(
     questions = _embed(texts, embedder.queries, bar)
     answer_vectors = _embed(answers, embedder.passages, bar)
     bar.close()
-    head = fit_head(questions, texts, [i for i, _, _ in items], [lang for _, _, lang in items])
+    misses: list[Miss] = []
+    head = fit_head(
+        questions, texts, [i for i, _, _ in items], [lang for _, _, lang in items], misses
+    )
+    misses.sort(key=lambda m: (m.language, m.faq_id, -m.probability))
     index_dir.mkdir(parents=True, exist_ok=True)
     for name, vectors in ((INDEX_FILE, questions), (ANSWERS_FILE, answer_vectors)):
         index = faiss.IndexFlatIP(embedder.dim)
@@ -473,7 +506,12 @@ def build_index(
         "built_at": time.time(),
     }
     (index_dir / (META_FILE + ".tmp")).write_text(json.dumps(meta, ensure_ascii=False), "utf-8")
-    for name in (INDEX_FILE, ANSWERS_FILE, HEAD_FILE, META_FILE):
+    (index_dir / (MISSES_FILE + ".tmp")).write_text(
+        "language\tfaq_id\tranked_first\tprobability\tvariant (as embedded)\n"
+        + "".join(m.row() + "\n" for m in misses),
+        "utf-8",
+    )
+    for name in (INDEX_FILE, ANSWERS_FILE, HEAD_FILE, META_FILE, MISSES_FILE):
         (index_dir / (name + ".tmp")).replace(index_dir / name)
     return IndexInfo(
         vectors=total,
@@ -482,6 +520,7 @@ def build_index(
         fingerprint=knowledge.fingerprint,
         heldout_top1=head.heldout_top1,
         thresholds=head.thresholds,
+        misses=len(misses),
     )
 
 

@@ -165,13 +165,7 @@ async def test_gate_never_streams_an_invented_amount(config: Config, pipeline: P
     async with FakeOpenAI(reply=reply) as fake, LLMClient(cfg.model.__class__(
         **{**cfg.model.__dict__, "url": fake.url}
     )) as llm:  # fmt: skip
-        gated = Pipeline(
-            cfg, pipeline.knowledge, detector=pipeline.detector, lexicon=pipeline.lexicon,
-            translator=pipeline.translator, retriever=pipeline.retriever,
-            localizer=pipeline.localizer, masker=pipeline.masker, llm=llm,
-            compose_texts=pipeline.compose,
-        )  # fmt: skip
-        result = await gated.answer(
+        result = await with_model(cfg, pipeline, llm).answer(
             "Where is my order #48213? How can I track it?",
             TurnContext(locale_hint="en-US"),
             on_delta=on_delta,
@@ -182,6 +176,38 @@ async def test_gate_never_streams_an_invented_amount(config: Config, pipeline: P
     assert "#48213" in result.reply
     generate = next(s for s in result.trace.stages if s.stage == "generate")
     assert any(r.startswith(("number: 500", "promise")) for r in generate.output["rejected"])
+
+
+async def test_a_model_that_restates_the_faq_keeps_the_acknowledgement(
+    config: Config, pipeline: Pipeline
+) -> None:
+    """The model restates the FAQ answer for a turn with an order number: the customer gets
+    the curated answer, and it still opens by naming their order."""
+    question = "Where is my order #48213? How can I track it?"
+    composed = await pipeline.answer(question, TurnContext(locale_hint="en-US"))
+    assert composed.source == "composed" and composed.reply.startswith("About your order #48213")
+    restated = composed.reply.split("\n\n", 1)[1] + f" [{composed.faq_ids[0]}]"
+    cfg = config.replace(
+        generate={"mode": "auto"}, model={"retries": 0, "first_token_timeout": 5.0}
+    )
+    async with FakeOpenAI(reply=restated) as fake, LLMClient(cfg.model.__class__(
+        **{**cfg.model.__dict__, "url": fake.url}
+    )) as llm:  # fmt: skip
+        result = await with_model(cfg, pipeline, llm).answer(
+            question, TurnContext(locale_hint="en-US")
+        )
+    assert fake.requests, "the model was asked"
+    assert result.reply == composed.reply
+
+
+def with_model(config: Config, pipeline: Pipeline, llm: LLMClient) -> Pipeline:
+    """``pipeline``'s parts with ``config`` and a model client."""
+    return Pipeline(
+        config, pipeline.knowledge, detector=pipeline.detector, lexicon=pipeline.lexicon,
+        translator=pipeline.translator, retriever=pipeline.retriever,
+        localizer=pipeline.localizer, masker=pipeline.masker, llm=llm,
+        compose_texts=pipeline.compose,
+    )  # fmt: skip
 
 
 async def test_gate_releases_sentences_that_pass(checker: FaithfulnessChecker) -> None:

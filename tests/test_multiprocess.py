@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -266,11 +266,19 @@ async def test_a_customer_on_a_and_an_agent_on_b_then_a_is_killed(cluster: Clust
                 await marta.send(type="message", conversation=cid, text=REPLY_EN, id=f"r{n + 2}")
 
         await asyncio.gather(customer_writes(), marta_writes())
-        while count(client.frames, "agent.message") < 5 or count(client.frames, "ack") < 5:
-            await client.recv()
+        await receive_until(
+            client,
+            lambda: count(client.frames, "agent.message") >= 5 and count(client.frames, "ack") >= 5,
+            "5 agent messages and 5 acks",
+        )
         # Marta's console follows it all: the customer's messages (annotated in A) too.
-        while count(marta.frames, "sent") < 5 or count(marta.frames, "transcript.changed") < 4:
-            await marta.recv()
+        await receive_until(
+            marta,
+            lambda: (
+                count(marta.frames, "sent") >= 5 and count(marta.frames, "transcript.changed") >= 4
+            ),
+            "5 sent and 4 transcript.changed",
+        )
         events = [f["event"] for f in marta.frames if f["type"] == "conversation.event"]
         assert increasing(events), [e["seq"] for e in events]
         # Marta types after the customer wrote on A: her typing still shows.
@@ -326,19 +334,32 @@ async def answered_once_by_two_processes(
                 token = str((await tab.recv())["resume"])
                 await asyncio.sleep(0.5)  # B's turn for the message starts, and waits for A's
                 a.proc.send_signal(signal.SIGCONT)
-                while not replies_to(tab.frames, mid):
-                    await tab.recv()
+                await receive_until(tab, answered(tab, mid), "a reply")
                 await tab.quiet(1.0)
         finally:
             a.proc.send_signal(signal.SIGCONT)
-        while not replies_to(client.frames, mid):
-            await client.recv()
+        await receive_until(client, answered(client, mid), "a reply")
         await client.quiet(1.0)
         if raced:
             assert replies_to(tab.frames, mid) == replies_to(client.frames, mid)
             assert len(replies_to(client.frames, mid)) == 1
             return token
     pytest.fail("A answered three times before B could see the message: no race to check")
+
+
+async def receive_until(peer: Client, done: Callable[[], bool], what: str) -> None:
+    """Read ``peer``'s frames until ``done()``, under one deadline for them all: frames that
+    keep coming must not stretch a per-frame timeout forever."""
+    try:
+        async with asyncio.timeout(3 * TIMEOUT):
+            while not done():
+                await peer.recv()
+    except TimeoutError:
+        pytest.fail(f"no {what} within {3 * TIMEOUT} s: {[f['type'] for f in peer.frames]}")
+
+
+def answered(peer: Client, mid: str) -> Callable[[], bool]:
+    return lambda: bool(replies_to(peer.frames, mid))
 
 
 def replies_to(frames: list[dict[str, Any]], mid: str) -> list[int]:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
 
 from bot.config import BusConfig
-from bot.server.bus import Envelope, RedisBus
+from bot.server.bus import Envelope, RedisBus, Section
 from bot.server.rooms import Hub
 from tests.test_server import TIMEOUT, wait_for
 
@@ -144,3 +144,37 @@ async def test_without_redis_a_process_serves_its_own_sockets(
             pass
     assert section.token is None
     assert "does not answer: serving this process's sockets alone" in caplog.text
+
+
+class NoticeWhileLeaving(RedisBus):
+    """A real bus that runs ``hook`` while a section's ``leave`` is still awaited (the room's
+    emit lock held): where another task's console notice can land."""
+
+    hook: Callable[[], None] = staticmethod(lambda: None)
+
+    async def leave(
+        self, conversation: str, section: Section, envelopes: list[Envelope], last: int | None
+    ) -> None:
+        await super().leave(conversation, section, envelopes, last)
+        self.hook()
+
+
+async def test_what_is_shared_while_a_section_publishes_is_not_held_back(
+    bus_config: BusConfig,
+) -> None:
+    """A console notice (the customer's message annotated for the agent) shared while an
+    emit section is publishing reaches the other process at once, not with some later
+    section: in a quiet conversation there may be none."""
+    hub_a = Hub()
+    got_b: list[Envelope] = []
+    async with (
+        NoticeWhileLeaving(bus_config, hub_a.receive) as bus_a,
+        RedisBus(bus_config, got_b.append),
+    ):
+        hub_a.bus = bus_a
+        room = hub_a.acquire("c1")
+        bus_a.hook = lambda: room.notify({"type": "transcript.changed", "conversation": "c1"})
+        async with room.emit_lock:
+            room.send({"type": "typing", "seq": 1, "who": "bot"})
+        await wait_for(lambda: any(e.kind == "notify" for e in got_b), "the notice in B")
+    assert [e.frame["type"] for e in got_b] == ["typing", "transcript.changed"]

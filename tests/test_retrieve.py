@@ -20,6 +20,7 @@ from bot.retrieve import (
     CLARIFY,
     Embedder,
     Hit,
+    Miss,
     Retriever,
     build_index,
     fit_head,
@@ -111,6 +112,27 @@ def test_head_training_is_deterministic(knowledge: Knowledge) -> None:
     assert np.array_equal(a.weights, b.weights) and a.thresholds == b.thresholds
     weights = [(h.temperature, h.knn_weight, h.lex_weight) for h in (a, b)]
     assert weights[0] == weights[1]
+
+
+def test_variants_that_rank_under_another_entry_are_reported() -> None:
+    """A variant filed under one entry but written like another's is listed for the
+    localizers with the entry it was taken for; the well-filed ones are not."""
+    rng = np.random.default_rng(0)
+    centres = {c: rng.normal(size=16) for c in ("orders.track", "returns.policy", OUT_OF_SCOPE)}
+    words = {"orders.track": "where is my parcel", "returns.policy": "can i send it back",
+             OUT_OF_SCOPE: "tell me a joke"}  # fmt: skip
+    labels = [c for c in centres for _ in range(12)]
+    texts = [f"{words[c]} {i}" for i, c in enumerate(labels)]
+    vectors = np.stack([centres[c] + 0.1 * rng.normal(size=16) for c in labels])
+    vectors[3] = centres["returns.policy"]  # filed under orders.track, reads like a return
+    texts[3] = "can i send it back 99"
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    misses: list[Miss] = []
+    fit_head(vectors.astype(np.float32), texts, labels, ["en"] * len(labels), misses)
+    assert [(m.text, m.faq_id, m.ranked_first) for m in misses] == [
+        ("can i send it back 99", "orders.track", "returns.policy")
+    ]
+    assert misses[0].row().split("\t")[:3] == ["en", "orders.track", "returns.policy"]
 
 
 def test_index_reload_picks_up_a_rebuilt_index(config: Config, tmp_path: Path) -> None:

@@ -76,6 +76,11 @@ class EmitLock:
                 seqs = [e.frame["seq"] for e in outbox if isinstance(e.frame.get("seq"), int)]
                 await room.bus.leave(room.id, section, outbox, max(seqs, default=None))
         finally:
+            # Shared while ``leave`` ran (the lock still held): nothing numbered, so nothing
+            # to order; published now rather than held back until some later section.
+            late, room.outbox = room.outbox, []
+            for envelope in late:
+                room.bus.publish(envelope)
             self._lock.release()
 
 

@@ -87,7 +87,13 @@ MIN_THRESHOLD = 0.5  # never answer an FAQ that is less likely than all the othe
 # points fewer of them rightly for 0.8 point fewer wrong than 2 %, which stays under the
 # goal of 3 % wrong (1.0 % today; docs/architecture.md, docs/eval.md).
 TARGET_WRONG = 0.02
-TARGET_OFF_TOPIC = 0.05  # out-of-fold off-topic examples answered, at most
+# Out-of-fold off-topic examples answered, at most. The examples are written to be close to
+# the shop's topics ("track my pizza delivery"), so they are harder than customers' off-topic
+# messages: at 5 % this bound set every language's threshold (0.85-0.9) and the development
+# set's off-topic questions were answered 1.2 % of the time; at 10 % the wrong-answer target
+# decides again, 2.4 % of them are answered (goal <= 5 %) and 2 points more of the
+# answerable ones get their FAQ (docs/architecture.md).
+TARGET_OFF_TOPIC = 0.10
 FOLDS = 5
 _L2 = 1e-2  # weight decay of the regression (chosen on held-out variants)
 _STEPS = 200

@@ -10,6 +10,8 @@ ask them. It checks what can be checked in every launch language:
 - **promises**: commitments and actions ("I have issued a refund", "wir melden uns") that
   no passage states;
 - **echo**: a reply that mostly repeats the customer's message;
+- **repetition**: a reply that says the same stretch of text three times or more (a model
+  caught in a loop: "…ご案内いたしかねますが、一般的なご案内方法については…" over and over);
 - **conditions**: a sentence that grants a return, exchange, refund, cancellation or change
   ("you can return them", "sie können umgetauscht werden") for an item or order in a state
   that the answered entries' policy excludes (``excludes`` in ``knowledge/faq``: worn,
@@ -50,12 +52,14 @@ _EXTRA_WORDS: Mapping[str, Mapping[str, int]] = {
     "en": {"a dozen": 12, "fortnight": 14},
 }
 ECHO_RATIO = 0.6
+REPEAT_SPAN = 24  # characters (after lower-casing and punctuation to spaces)
+REPEAT_TIMES = 3
 _UNSPACED = frozenset({"zh", "ja"})
 
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # polarity | promise | condition | echo | number
+    kind: str  # polarity | promise | condition | echo | repetition | number
     detail: str
 
     def __str__(self) -> str:
@@ -101,6 +105,8 @@ class FaithfulnessChecker:
             )
         if is_echo(reply, question):
             verdict.problems.append(Problem("echo", reply[:80]))
+        if (loop := repeated(reply)) is not None:
+            verdict.problems.append(Problem("repetition", loop))
         return verdict
 
     def check_sentence(
@@ -192,6 +198,23 @@ def is_echo(reply: str, question: str) -> bool:
     if b in a and len(b) >= 0.5 * len(a):
         return True
     return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio() >= ECHO_RATIO
+
+
+def repeated(text: str) -> str | None:
+    """A stretch of ``REPEAT_SPAN`` characters the text says ``REPEAT_TIMES`` times or more,
+    without overlap; None if there is none."""
+    norm = _norm(text)
+    starts: dict[str, int] = {}  # the last counted start of each stretch
+    counts: dict[str, int] = {}
+    for i in range(len(norm) - REPEAT_SPAN + 1):
+        stretch = norm[i : i + REPEAT_SPAN]
+        if stretch in starts and i - starts[stretch] < REPEAT_SPAN:
+            continue
+        starts[stretch] = i
+        counts[stretch] = counts.get(stretch, 0) + 1
+        if counts[stretch] >= REPEAT_TIMES:
+            return stretch
+    return None
 
 
 def _norm(text: str) -> str:
@@ -309,6 +332,8 @@ class SentenceGate:
             )
         if is_echo(self.released + text, self._question):
             problems.append(Problem("echo", text[:80]))
+        if (loop := repeated(self.released + text)) is not None:
+            problems.append(Problem("repetition", loop))
         if problems:
             raise Unfaithful(problems)
         self.released += text

@@ -12,7 +12,9 @@ from bot.faithful import (
     drop_opening_polarity,
     is_echo,
     numbers_in,
+    repeated,
 )
+from bot.knowledge import Knowledge
 from bot.llm import LLMClient
 from bot.mask import Span
 from bot.pipeline import Pipeline, TurnContext, choose_route
@@ -63,6 +65,32 @@ def test_echo_of_the_question_is_refused() -> None:
     question = "Mi pedido #48213 todavía no ha llegado, ¿dónde está?"
     assert is_echo("Mi pedido #48213 todavía no ha llegado,.", question)
     assert not is_echo("Puedes seguir tu pedido desde Mi cuenta > Pedidos.", question)
+
+
+LOOP_JA = (
+    "申し訳ございません。こちらのチャットでは個別のご案内方法をご案内いたしかねますが、"
+    + "一般的なご案内方法についてはこちらをご案内いたしかねますが、" * 3
+)  # what the fine-tuned 0.5B adapter once wrote to a question with an order number in it
+
+
+def test_a_reply_caught_in_a_loop_is_refused(checker: FaithfulnessChecker) -> None:
+    """A model that says the same clause over and over fails the gate; said once, it passes."""
+    once = LOOP_JA.split("。")[0] + "。"
+    for reply, looped in ((LOOP_JA, True), (once, False)):
+        verdict = checker.check(
+            reply, question="注文番号は#71627です。", passages=[], language="ja"
+        )
+        assert ("repetition" in {p.kind for p in verdict.problems}) is looped, verdict
+
+
+def test_no_curated_answer_reads_as_a_loop(knowledge: Knowledge) -> None:
+    """The check never fires on what the localizers wrote (answers and market variants)."""
+    answers = [e.answer for e in knowledge.entries.values()] + [
+        e.answer for i18n in knowledge.i18n.values() for e in i18n.faq.values()
+    ]
+    texts = [t for a in answers for t in (a.text, *a.markets.values())]
+    assert len(texts) > 800
+    assert [t[:60] for t in texts if repeated(t)] == []
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint"
 BEST = "adapter"
 HISTORY = "history.json"
-SOURCE_MIX = {"faq": 0.55, "specifics": 0.2, "refusal": 0.15, "conversation": 0.1}
+SOURCE_MIX = {"faq": 0.4, "specifics": 0.35, "refusal": 0.15, "conversation": 0.1}
 
 
 class TrainingError(BotError):

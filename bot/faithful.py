@@ -14,7 +14,7 @@ ask them. It checks what can be checked in every launch language:
   caught in a loop: "…ご案内いたしかねますが、一般的なご案内方法については…" over and over);
 - **conditions**: a sentence that grants a return, exchange, refund, cancellation or change
   ("you can return them", "sie können umgetauscht werden") for an item or order in a state
-  that the answered entries' policy excludes (``excludes`` in ``knowledge/faq``: worn,
+  that a policy of the shop excludes (``excludes`` in ``knowledge/faq``: worn,
   washed, tags removed, unsealed, personalized, already shipped, and the kind gift card),
   named in the sentence or, when the sentence names none, in the customer's message ("I
   wore them once, can I return them?" -> "You can return them within 30 days."), unless
@@ -92,7 +92,7 @@ class FaithfulnessChecker:
         excluded: Collection[str] = (),
     ) -> Verdict:
         """All problems of a whole reply (or of the part of it streamed so far).
-        ``excluded``: the states the answered entries' policy rules out (``STATES``)."""
+        ``excluded``: the states the shop's policies rule out (``STATES``)."""
         verdict = Verdict()
         for sentence in split_sentences(reply):
             verdict.problems += self.check_sentence(

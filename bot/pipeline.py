@@ -215,6 +215,10 @@ class Pipeline:
         self.llm = llm
         self.compose = compose_texts
         self.checker = FaithfulnessChecker({k: v.check for k, v in compose_texts.items()})
+        # Every state some policy of the shop rules out, whichever entry retrieval answers
+        # with: "can I get cash for my gift card?" retrieved as refunds.method (which names no
+        # excluded state) must still not be told "I can refund it in cash" (bot eval replies).
+        self.excluded_states = sorted({s for e in knowledge.entries.values() for s in e.excludes})
         self.handoff_rules = handoff.load_rules(
             config.shop.knowledge_dir / "handoff.toml", config.shop.languages
         )
@@ -682,7 +686,7 @@ class Pipeline:
             passages=[p.text for p in passages],
             language=reply_language,
             allowed_numbers=_customer_references(specifics, reply_language),
-            excluded=sorted({s for h in hits for s in self.knowledge.entry(h.faq_id).excludes}),
+            excluded=self.excluded_states,
             on_delta=stream,
         )
         settings = self.knowledge.languages.get(reply_language)

@@ -346,8 +346,8 @@ def fit_head(
     if misses is not None:
         first = probs.argmax(1)
         for i in map(int, np.flatnonzero(first != y)):
-            top = int(first[i])
-            misses.append(Miss(languages[i], texts[i], classes[y[i]], classes[top], probs[i, top]))
+            top, p = int(first[i]), float(probs[i, first[i]])
+            misses.append(Miss(languages[i], texts[i], classes[y[i]], classes[top], p))
 
     mean, scale, weights, bias = _regression(vectors, y, n)
     return Head(

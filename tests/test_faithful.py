@@ -228,6 +228,38 @@ async def test_a_model_that_restates_the_faq_keeps_the_acknowledgement(
     assert result.reply == composed.reply
 
 
+async def test_a_gift_card_is_never_refunded_in_cash_whatever_entry_was_retrieved(
+    config: Config, pipeline: Pipeline
+) -> None:
+    """The customer asks for cash for a gift card; whichever entry retrieval answers with
+    (refunds.method names no excluded state), the model's "I can refund you in cash" is
+    refused before it streams and the composed reply goes out."""
+    question = (
+        "Bonjour, on m'a offert une carte cadeau Meridian Goods de 100 € mais je n'achète "
+        "jamais en ligne. Est-ce que vous pouvez me la rembourser, en liquide ou par virement ?"
+    )
+    cfg = config.replace(
+        generate={"mode": "always", "language": "customer"},
+        model={"retries": 0, "first_token_timeout": 5.0},
+    )
+    streamed: list[str] = []
+
+    async def on_delta(text: str) -> None:
+        streamed.append(text)
+
+    async with FakeOpenAI(reply="Je peux vous rembourser en liquide.") as fake, LLMClient(
+        cfg.model.__class__(**{**cfg.model.__dict__, "url": fake.url})
+    ) as llm:  # fmt: skip
+        result = await with_model(cfg, pipeline, llm).answer(
+            question, TurnContext(locale_hint="fr-FR"), on_delta=on_delta
+        )
+    assert fake.requests, "the model was asked"
+    assert "liquide" not in "".join(streamed) + result.reply
+    assert result.source == "fallback"
+    generate = next(s for s in result.trace.stages if s.stage == "generate")
+    assert any(r.startswith("condition: gift_card") for r in generate.output["rejected"])
+
+
 def with_model(config: Config, pipeline: Pipeline, llm: LLMClient) -> Pipeline:
     """``pipeline``'s parts with ``config`` and a model client."""
     return Pipeline(

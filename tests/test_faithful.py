@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import pytest
 
 from bot.config import Config
@@ -181,19 +184,14 @@ async def test_order_question_gets_acknowledgement_and_curated_answer(pipeline: 
 
 async def test_gate_never_streams_an_invented_amount(config: Config, pipeline: Pipeline) -> None:
     """A model that invents a refund amount: the customer never sees it, not even streamed."""
-    cfg = config.replace(
-        generate={"mode": "auto"}, model={"retries": 0, "first_token_timeout": 5.0}
-    )
     streamed: list[str] = []
 
     async def on_delta(text: str) -> None:
         streamed.append(text)
 
     reply = "You can track it in your account. We will refund you 500 EUR today."
-    async with FakeOpenAI(reply=reply) as fake, LLMClient(cfg.model.__class__(
-        **{**cfg.model.__dict__, "url": fake.url}
-    )) as llm:  # fmt: skip
-        result = await with_model(cfg, pipeline, llm).answer(
+    async with model_writing(reply, config, pipeline, mode="auto") as (_, gated):
+        result = await gated.answer(
             "Where is my order #48213? How can I track it?",
             TurnContext(locale_hint="en-US"),
             on_delta=on_delta,
@@ -215,15 +213,8 @@ async def test_a_model_that_restates_the_faq_keeps_the_acknowledgement(
     composed = await pipeline.answer(question, TurnContext(locale_hint="en-US"))
     assert composed.source == "composed" and composed.reply.startswith("About your order #48213")
     restated = composed.reply.split("\n\n", 1)[1] + f" [{composed.faq_ids[0]}]"
-    cfg = config.replace(
-        generate={"mode": "auto"}, model={"retries": 0, "first_token_timeout": 5.0}
-    )
-    async with FakeOpenAI(reply=restated) as fake, LLMClient(cfg.model.__class__(
-        **{**cfg.model.__dict__, "url": fake.url}
-    )) as llm:  # fmt: skip
-        result = await with_model(cfg, pipeline, llm).answer(
-            question, TurnContext(locale_hint="en-US")
-        )
+    async with model_writing(restated, config, pipeline, mode="auto") as (fake, gated):
+        result = await gated.answer(question, TurnContext(locale_hint="en-US"))
     assert fake.requests, "the model was asked"
     assert result.reply == composed.reply
 
@@ -238,21 +229,14 @@ async def test_a_gift_card_is_never_refunded_in_cash_whatever_entry_was_retrieve
         "Bonjour, on m'a offert une carte cadeau Meridian Goods de 100 € mais je n'achète "
         "jamais en ligne. Est-ce que vous pouvez me la rembourser, en liquide ou par virement ?"
     )
-    cfg = config.replace(
-        generate={"mode": "always", "language": "customer"},
-        model={"retries": 0, "first_token_timeout": 5.0},
-    )
     streamed: list[str] = []
 
     async def on_delta(text: str) -> None:
         streamed.append(text)
 
-    async with FakeOpenAI(reply="Je peux vous rembourser en liquide.") as fake, LLMClient(
-        cfg.model.__class__(**{**cfg.model.__dict__, "url": fake.url})
-    ) as llm:  # fmt: skip
-        result = await with_model(cfg, pipeline, llm).answer(
-            question, TurnContext(locale_hint="fr-FR"), on_delta=on_delta
-        )
+    reply = "Je peux vous rembourser en liquide."
+    async with model_writing(reply, config, pipeline, mode="always") as (fake, gated):
+        result = await gated.answer(question, TurnContext(locale_hint="fr-FR"), on_delta=on_delta)
     assert fake.requests, "the model was asked"
     assert "liquide" not in "".join(streamed) + result.reply
     assert result.source == "fallback"
@@ -260,14 +244,25 @@ async def test_a_gift_card_is_never_refunded_in_cash_whatever_entry_was_retrieve
     assert any(r.startswith("condition: gift_card") for r in generate.output["rejected"])
 
 
-def with_model(config: Config, pipeline: Pipeline, llm: LLMClient) -> Pipeline:
-    """``pipeline``'s parts with ``config`` and a model client."""
-    return Pipeline(
-        config, pipeline.knowledge, detector=pipeline.detector, lexicon=pipeline.lexicon,
-        translator=pipeline.translator, retriever=pipeline.retriever,
-        localizer=pipeline.localizer, masker=pipeline.masker, llm=llm,
-        compose_texts=pipeline.compose,
-    )  # fmt: skip
+@asynccontextmanager
+async def model_writing(
+    reply: str, config: Config, pipeline: Pipeline, *, mode: str
+) -> AsyncIterator[tuple[FakeOpenAI, Pipeline]]:
+    """``pipeline``'s parts with a model (a protocol-level OpenAI server) that writes
+    ``reply``, in ``generate.mode`` ``mode``, replies in the customer's language."""
+    cfg = config.replace(
+        generate={"mode": mode, "language": "customer"},
+        model={"retries": 0, "first_token_timeout": 5.0},
+    )
+    async with FakeOpenAI(reply=reply) as fake, LLMClient(cfg.model.__class__(
+        **{**cfg.model.__dict__, "url": fake.url}
+    )) as llm:  # fmt: skip
+        yield fake, Pipeline(
+            cfg, pipeline.knowledge, detector=pipeline.detector, lexicon=pipeline.lexicon,
+            translator=pipeline.translator, retriever=pipeline.retriever,
+            localizer=pipeline.localizer, masker=pipeline.masker, llm=llm,
+            compose_texts=pipeline.compose,
+        )  # fmt: skip
 
 
 async def test_gate_releases_sentences_that_pass(checker: FaithfulnessChecker) -> None:

@@ -37,67 +37,92 @@ SAMPLES = {
     "price": "49,95 €",
 }
 
-# Promises the checker must catch: three natural sentences per language.
-PROMISES: dict[str, tuple[str, str, str]] = {
+# Promises the checker must catch: natural sentences per language, then two claims of having
+# looked the customer's order up (the bot has no access to orders).
+PROMISES: dict[str, tuple[str, ...]] = {
     "en": (
         "I'll check the status of your order with the warehouse.",
         "Your refund has been processed and should show up in a few days.",
         "Don't worry, someone from our team will contact you tomorrow.",
+        "I can see in our system that your order was delivered on Tuesday.",
+        "I couldn't find an order with the number #48213.",
     ),
     "de": (
         "Ich werde Ihre Bestellung gleich mit dem Lager klären.",
         "Ihre Erstattung wurde bereits veranlasst.",
         "Ein Kollege wird sich morgen bei Ihnen melden.",
+        "Ich sehe hier, dass Ihre Bestellung bereits zugestellt wurde.",
+        "Ich konnte leider keine Bestellung mit der Nummer #48213 finden.",
     ),
     "fr": (
         "Je vais vérifier l'état de votre commande auprès de l'entrepôt.",
         "Votre remboursement a été effectué ce matin.",
         "Un conseiller vous recontactera dans la journée.",
+        "J'ai bien trouvé votre commande, elle a été livrée hier.",
+        "Je n'ai trouvé aucune commande avec le numéro #48213.",
     ),
     "es": (
         "Voy a revisar el estado de tu pedido con el almacén.",
         "Tu reembolso ya ha sido tramitado.",
         "Alguien de nuestro equipo se pondrá en contacto contigo mañana.",
+        "He encontrado tu pedido y veo que ya ha salido de nuestro almacén.",
+        "Lo siento, no he encontrado ningún pedido con el número #48213.",
     ),
     "it": (
         "Controllo subito lo stato del tuo ordine.",
         "Il tuo rimborso è già stato elaborato.",
         "Un collega ti contatterà entro domani.",
+        "Ho trovato il tuo ordine: vedo che è stato spedito ieri.",
+        "Non ho trovato un ordine con il codice #53917.",
     ),
     "pt": (
         "Vou verificar o status do seu pedido com o centro de distribuição.",
         "Seu reembolso já foi processado.",
         "Alguém da nossa equipe vai entrar em contato com você amanhã.",
+        "Encontrei o seu pedido e vejo que ele já foi entregue.",
+        "Não consegui localizar nenhum pedido com o número #48213.",
     ),
     "nl": (
         "Ik ga het even voor je nakijken bij het magazijn.",
         "Je terugbetaling is inmiddels verwerkt.",
         "Een collega neemt morgen contact met je op.",
+        "Ik heb je bestelling gevonden en ik zie dat het pakket gisteren is bezorgd.",
+        "Helaas kan ik geen bestelling vinden met het nummer #48213.",
     ),
     "ru": (
         "Сейчас проверю статус вашего заказа на складе.",
         "Ваш возврат уже оформлен, деньги поступят в течение нескольких дней.",
         "Наш сотрудник свяжется с вами завтра.",
+        "Я нашла ваш заказ: по нашим данным, посылка уже в пути.",
+        "К сожалению, я не нашёл заказ с номером #48213.",
     ),
     "ar": (
         "سأتحقق من حالة طلبكم لدى المستودع.",
         "تم إلغاء طلبكم بنجاح.",
         "سيتواصل معكم أحد أعضاء فريقنا غدًا.",
+        "وجدتُ طلبكم، وأرى أن طردكم قد سُلّم أمس.",
+        "للأسف، لم أجد أي طلب بالرقم #48213.",
     ),
     "zh": (
         "我马上为您查询订单状态。",
         "您的退款已经处理完毕，请留意账户变动。",
         "稍后会有专人联系您。",
+        "我查到了您的订单，系统显示已于昨天发货。",
+        "抱歉，我没有找到单号为 #53917 的订单。",
     ),
     "ja": (
         "ただいまご注文の状況をお調べいたします。",
         "ご注文はキャンセルいたしました。",
         "担当者より改めてご連絡いたします。",
+        "ご注文を確認いたしましたところ、すでに発送済みとなっております。",
+        "申し訳ございませんが、ご注文番号#53917のご注文が見つかりませんでした。",
     ),
     "ko": (
         "주문 상태를 바로 확인해 드리겠습니다.",
         "환불이 완료되었습니다.",
         "담당자가 곧 연락드릴 예정입니다.",
+        "확인해 보니 고객님의 주문은 어제 이미 발송되었습니다.",
+        "죄송하지만 말씀하신 주문번호 #53917로 된 주문은 없습니다.",
     ),
 }
 

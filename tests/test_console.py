@@ -139,6 +139,19 @@ async def test_the_bot_answers_faq_questions_while_queued(app: App) -> None:
     assert await app.store.handoffs(cid) == ["customer_request"]
 
 
+async def test_the_bot_asks_nothing_back_while_queued(app: App) -> None:
+    """While waiting for an agent, a message two entries fit ("devolución": how to return,
+    or the policy) gets no "which of these do you mean?": the agent will read it."""
+    async with chat(app) as client:
+        cid = await handed_off(client)
+        await client.send(type="message", id="m2", text="devolución")
+        assert (await client.recv())["type"] == "ack"
+        await client.quiet(1.0)
+    assert (await app.store.conversation(cid)).status == "queued"
+    messages = await app.store.messages(cid)
+    assert messages[-1]["role"] == "customer" and messages[-1]["language"] == "es"
+
+
 async def test_the_bot_is_silent_while_an_agent_owns_the_conversation(app: App) -> None:
     """After an agent joins, a customer message reaches the agent and the bot says nothing."""
     async with chat(app) as client, agent_socket(app, "marta") as agent:

@@ -41,7 +41,7 @@ from bot.replay.checks import verdict
 from bot.replay.format import Conversation, ReplayFile, Turn
 from bot.replay.results import ConversationResult, TurnOutcome
 from bot.server.texts import Texts
-from bot.server.turns import bot_answers, turn_context
+from bot.server.turns import bot_answers, sent_while_queued, turn_context
 from bot.translate import Translator
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ class InProcess:
             state.asked.append((text, None))
             return silent
         result = await pipeline.answer(text, self.context(pipeline, state))
-        if state.status == "queued" and (result.handoff or not result.answered):
+        if state.status == "queued" and not sent_while_queued(result):
             state.history.append(("customer", result.pivot or text))
             state.asked.append((text, None))
             silent.language, silent.pivot = result.language, result.pivot

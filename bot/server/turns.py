@@ -6,8 +6,9 @@ A failing turn is logged and answered with ``error`` ``internal``; the message s
 unanswered, so the customer can send it again (same id) and a later resume retries it.
 
 Who answers follows the conversation's status: ``bot`` the bot; ``queued`` the bot too
-when ``handoff.answer_while_queued`` (only replies that answer, never a second handoff
-offer; the queue place is kept); ``agent`` and ``closed`` nobody here. A message the bot
+when ``handoff.answer_while_queued`` (only replies that answer: never a second handoff
+offer, nor a "which of these do you mean?" to a message the person will read anyway; the
+queue place is kept); ``agent`` and ``closed`` nobody here. A message the bot
 does not answer is still annotated (detected language, English pivot) for the console.
 """
 
@@ -147,7 +148,7 @@ class Turns:
             result = await self.pipeline.answer(
                 message.text, context, on_delta=None if queued else on_delta
             )
-        if queued and (result.handoff or not result.answered):
+        if queued and not sent_while_queued(result):
             await self.store.annotate_message(message.id, result.language, result.pivot)
             room.notify(frames.transcript_changed(room.id))
             return
@@ -170,6 +171,12 @@ class Turns:
 def bot_answers(status: str, *, answer_while_queued: bool) -> bool:
     """Whether the bot answers a customer message in a conversation of this status."""
     return status == "bot" or (status == "queued" and answer_while_queued)
+
+
+def sent_while_queued(result: TurnResult) -> bool:
+    """Whether a reply goes to a customer waiting for a person: only a real answer, never a
+    handoff offer, a "no answer" or a "which of these do you mean?"."""
+    return result.answered and not result.handoff and not result.choices
 
 
 def turn_context(

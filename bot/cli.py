@@ -161,7 +161,7 @@ def cmd_index(args: argparse.Namespace, config: Config) -> int:
     info = build_index(
         knowledge,
         config.retrieve.index_dir,
-        Embedder(),
+        Embedder(config.model.cache_dir),
         progress=not args.quiet,
     )
     print(

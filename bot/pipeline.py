@@ -245,7 +245,7 @@ class Pipeline:
             default=config.shop.default_language,
             preload=True,
         )
-        retriever = Retriever(config.retrieve.index_dir, Embedder())
+        retriever = Retriever(config.retrieve.index_dir, Embedder(config.model.cache_dir))
 
         def language_of(text: str) -> str | None:
             return detector.detect(text).language

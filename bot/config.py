@@ -53,10 +53,13 @@ class RetrieveConfig:
     top_k: int = 3
     direct_threshold: float = 0.87
     direct_margin: float = 0.015
+    second_probability: float = 0.1
 
     def __post_init__(self) -> None:
         if not 0 < self.direct_threshold <= 1 or not 0 <= self.direct_margin <= 1:
             raise ConfigError("retrieve: need 0 < direct_threshold <= 1, 0 <= direct_margin <= 1")
+        if not 0 < self.second_probability <= 1:
+            raise ConfigError("retrieve: need 0 < second_probability <= 1")
 
 
 GENERATE_MODES = ("compose", "auto", "always", "never")

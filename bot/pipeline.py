@@ -45,7 +45,7 @@ from bot.faithful import (
     numbers_in,
 )
 from bot.generate import Passage, generate_reply
-from bot.knowledge import Knowledge, load_knowledge
+from bot.knowledge import OUT_OF_SCOPE, Knowledge, load_knowledge
 from bot.llm import LLMClient
 from bot.localize import Locality, Localizer, language_of, locality_for
 from bot.mask import Masker, Scan, Span
@@ -134,18 +134,23 @@ def choose_route(
     specifics: list[Span],
     direct_threshold: float,
     direct_margin: float,
+    second_probability: float = 1.0,
     ambiguous: bool = False,
 ) -> Route:
     """Curated when the top FAQ fits plainly; else composed, or generated where allowed.
 
     ``hits`` are the answerable hits, best first (at least one); ``ambiguous``: retrieval
-    could not tell the first two apart (its "clarify"), so both are answered.
+    could not tell the first two apart (its "clarify"), so both are answered. A reply to
+    the customer's own situation also answers the runner-up when its probability is at
+    least ``second_probability``: long, specific messages are where the ranking errs most,
+    and then mostly with the right entry second.
     """
     top = hits[0]
     runner = hits[1] if len(hits) > 1 and hits[1].faq_id != top.faq_id else None
     lead = top.score - runner.score if runner else 1.0
     own = [s.kind for s in specifics if s.kind != "term"]
-    second = runner if runner is not None and (ambiguous or lead < direct_margin) else None
+    close = runner if runner is not None and (ambiguous or lead < direct_margin) else None
+    likely = runner if runner is not None and runner.confidence >= second_probability else None
     if mode == "never":
         return Route("curated", "generate.mode is never", top, specific=False)
     specific = True
@@ -153,12 +158,13 @@ def choose_route(
         why = f"the customer's own {', '.join(dict.fromkeys(own))}"
     elif top.dense < direct_threshold:
         why = f"closest match {top.dense:.3f} < {direct_threshold}"
-    elif second is not None:  # a plain question that two entries answer: both, no preamble
-        why, specific = f"two entries fit: {top.faq_id} or {second.faq_id}", False
+    elif close is not None:  # a plain question that two entries answer: both, no preamble
+        why, specific = f"two entries fit: {top.faq_id} or {close.faq_id}", False
     elif mode == "always" and model_ready:
-        return Route("generated", "generate.mode is always", top, second, specific=False)
+        return Route("generated", "generate.mode is always", top, close, specific=False)
     else:
         return Route("curated", "a plain FAQ question", top, specific=False)
+    second = close or (likely if specific else None)
     if mode in ("auto", "always") and model_ready:
         return Route("generated", why, top, second, specific)
     return Route("composed", why, top, second, specific)
@@ -397,8 +403,18 @@ class Pipeline:
         if found.action == CLARIFY:
             draft = self._clarify(found.faq_ids, where, trace)
             return self._result(text, detection, pivot, where, trace, draft, answered=True)
+        # The runner-up goes along: a reply composed for the customer's own situation
+        # answers it too when it is still probable (choose_route).
+        runner = [h for h in hits if h.faq_id not in found.faq_ids and h.faq_id != OUT_OF_SCOPE]
         draft = await self._draft(
-            scan, pivot, answerable, where, context, trace, on_delta, ambiguous=len(answerable) > 1
+            scan,
+            pivot,
+            answerable + runner[:1],
+            where,
+            context,
+            trace,
+            on_delta,
+            ambiguous=len(answerable) > 1,
         )
         return self._result(text, detection, pivot, where, trace, draft, answered=True)
 
@@ -592,6 +608,7 @@ class Pipeline:
             ambiguous=ambiguous,
             direct_threshold=self.config.retrieve.direct_threshold,
             direct_margin=self.config.retrieve.direct_margin,
+            second_probability=self.config.retrieve.second_probability,
         )
         with trace.stage("route") as out:
             out.update(route.as_dict())

@@ -20,7 +20,7 @@ from bot.faithful import (
 from bot.knowledge import Knowledge
 from bot.llm import LLMClient
 from bot.mask import Span
-from bot.pipeline import Pipeline, TurnContext, choose_route
+from bot.pipeline import Pipeline, Route, TurnContext, choose_route
 from bot.retrieve import Hit
 from tests.fake_openai import FakeOpenAI
 
@@ -167,6 +167,29 @@ def test_route_plain_question_is_curated_specific_one_composed() -> None:
         direct_threshold=0.87, direct_margin=0.015,
     )  # fmt: skip
     assert no_model.path == "composed"
+
+
+def test_route_specific_turn_also_answers_a_probable_runner_up() -> None:
+    """A turn of the customer's own also gets the runner-up's answer when it is still
+    probable; a plain question keeps the one curated answer, an unlikely runner-up stays out."""
+
+    def hit(faq_id: str, p: float) -> Hit:
+        return Hit(faq_id, p, "", dense=0.9, confidence=p)
+
+    def route(runner: float, specifics: list[Span]) -> Route:
+        return choose_route(
+            mode="compose", model_ready=False, hits=[hit("orders.track", 0.84),
+            hit("orders.late", runner)], specifics=specifics, direct_threshold=0.87,
+            direct_margin=0.015, second_probability=0.1,
+        )  # fmt: skip
+
+    order = [Span("order", "80254")]
+    likely = route(0.16, order)
+    assert likely.path == "composed"
+    assert likely.second is not None and likely.second.faq_id == "orders.late"
+    assert route(0.06, order).second is None
+    plain = route(0.16, [])
+    assert (plain.path, plain.second) == ("curated", None)
 
 
 async def test_order_question_gets_acknowledgement_and_curated_answer(pipeline: Pipeline) -> None:

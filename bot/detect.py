@@ -165,13 +165,14 @@ class LanguageDetector:
                 or top_score - scores.get(current, 0.0) < margin
             ):
                 return Detection(current, scores.get(current, 0.0), "context", tuple(ranked))
-        elif (
-            not current
-            and hint
-            and top_score < self.config.min_confidence
-            and scores.get(hint, 0.0) >= top_score / 2
-        ):
-            return Detection(hint, scores.get(hint, 0.0), "hint", tuple(ranked))
+        elif not current and hint and top_lang != hint:
+            # The page's language is evidence too: a short message that is a close call
+            # between neighbours ("pon música": pt 0.51, es 0.49) goes to it.
+            given = scores.get(hint, 0.0)
+            if (top_score < self.config.min_confidence and given >= top_score / 2) or (
+                short and top_score - given < self.config.switch_margin
+            ):
+                return Detection(hint, given, "hint", tuple(ranked))
         return Detection(top_lang, top_score, method, tuple(ranked))
 
     def _scores(self, text: str, letters: int) -> dict[str, float]:

@@ -42,6 +42,15 @@ def test_ambiguous_short_message_keeps_the_conversation_language(
     assert detector.detect("#48213", current="ja").language == "ja"
 
 
+def test_page_language_decides_a_close_short_call(detector: LanguageDetector) -> None:
+    """ "pon música" on a Spanish page is Spanish (lingua: pt 0.51, es 0.49); on a Portuguese
+    page the same words stay Portuguese; a clear short message ignores the page."""
+    assert detector.detect("pon música", hint="es").language == "es"
+    assert detector.detect("toca música", hint="es").language == "es"
+    assert detector.detect("pon música", hint="pt").language == "pt"
+    assert detector.detect("quiero devolver", hint="pt").language == "es"
+
+
 def test_a_full_sentence_switches_language(detector: LanguageDetector) -> None:
     """A customer who switches to another language mid-conversation is followed."""
     d = detector.detect("Where is my order #48213? It has been two weeks.", current="es")

@@ -27,7 +27,7 @@ import asyncio
 import difflib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +44,7 @@ from bot.faithful import (
     drop_opening_polarity,
     numbers_in,
 )
-from bot.generate import Passage, generate_reply
+from bot.generate import GroundedReply, Passage, generate_reply
 from bot.knowledge import OUT_OF_SCOPE, Knowledge, load_knowledge
 from bot.llm import LLMClient
 from bot.localize import Locality, Localizer, language_of, locality_for
@@ -139,8 +139,9 @@ def choose_route(
 ) -> Route:
     """Curated when the top FAQ fits plainly; else composed, or generated where allowed.
 
-    ``hits`` are the answerable hits, best first (at least one); ``ambiguous``: retrieval
-    could not tell the first two apart (its "clarify"), so both are answered. A reply to
+    ``hits``: the entries retrieval decided on, best first (at least one), then the
+    runner-up if there is one; ``ambiguous``: retrieval could not tell the first two apart
+    (its "clarify"), so both are answered. A reply to
     the customer's own situation also answers the runner-up when its probability is at
     least ``second_probability``: long, specific messages are where the ranking errs most,
     and then mostly with the right entry second.
@@ -707,6 +708,16 @@ class Pipeline:
             on_delta=stream,
         )
         settings = self.knowledge.languages.get(reply_language)
+
+        watch, written = CopyWatch(passages), []
+
+        async def feed(piece: str) -> None:
+            written.append(piece)
+            if copied := watch.copied("".join(written)):
+                raise Restating(copied)
+            await gate.feed(piece)
+
+        restated = False
         with trace.stage("generate") as out:
             try:
                 reply = await generate_reply(
@@ -717,7 +728,7 @@ class Pipeline:
                     history=context.history,
                     max_tokens=self.config.generate.max_tokens,
                     temperature=self.config.generate.temperature,
-                    on_delta=gate.feed,
+                    on_delta=feed,
                     language=LANGUAGE_NAMES.get(reply_language, reply_language),
                     register=settings.pronoun
                     if settings and reply_language != pivot_lang
@@ -733,6 +744,10 @@ class Pipeline:
             except Unfaithful as exc:
                 out.update(rejected=[str(p) for p in exc.problems], streamed=gate.released)
                 return self._fallback(route, specifics, where, trace, "unfaithful reply")
+            except Restating as exc:  # stopped: the rest would be the passage, copied
+                copy, restated = "".join(written).strip(), True
+                out.update(restating=exc.faq_id, streamed=gate.released, written=copy)
+                reply = GroundedReply(copy, copy, [exc.faq_id])
             out.update(
                 text=reply.text, faq_ids=reply.faq_ids, usage=reply.usage, language=reply_language
             )
@@ -740,7 +755,7 @@ class Pipeline:
             return self._fallback(route, specifics, where, trace, "empty reply")
         cited = reply.faq_ids[0]
         faq_answer = next(p.text for p in passages if p.faq_id == cited)
-        if _similar(reply.text, faq_answer) >= 0.85:
+        if restated or _similar(reply.text, faq_answer) >= 0.85:
             # The model restated the FAQ answer: the curated localization says it best, after
             # the acknowledgement of the customer's order number or item when there is one.
             if route.specific:
@@ -856,6 +871,38 @@ class Pipeline:
             reply_pivot=draft.reply_pivot,
             choices=[{"id": i, "title": self.title(i, where.language)} for i in draft.choices],
         )
+
+
+RESTATING_CHARS = 40  # a reply whose first this many characters copy a passage restates it
+
+
+class Restating(Exception):
+    """The model is copying a passage word for word: stop it, the curated text follows."""
+
+    def __init__(self, faq_id: str) -> None:
+        super().__init__(faq_id)
+        self.faq_id = faq_id
+
+
+class CopyWatch:
+    """Whether a reply being written copies one of the passages from its first word.
+
+    A reply that restates the FAQ answer is replaced by the curated text anyway; knowing it
+    after ``RESTATING_CHARS`` characters (case, spacing, punctuation and Unicode forms
+    aside) saves waiting for the model to write the rest."""
+
+    def __init__(self, passages: Sequence[Passage]) -> None:
+        self._openings = [(p.faq_id, normalize(p.text)) for p in passages]
+
+    def copied(self, written: str) -> str | None:
+        """The FAQ id of the passage ``written`` copies so far, once it is long enough."""
+        if not self._openings:
+            return None
+        said = normalize(written)
+        self._openings = [(id_, text) for id_, text in self._openings if text.startswith(said)]
+        if len(said) >= RESTATING_CHARS and self._openings:
+            return self._openings[0][0]
+        return None
 
 
 def _similar(a: str, b: str) -> float:

@@ -242,6 +242,31 @@ async def test_a_model_that_restates_the_faq_keeps_the_acknowledgement(
     assert result.reply == composed.reply
 
 
+async def test_a_model_copying_the_faq_is_stopped_after_its_first_sentences(
+    config: Config, pipeline: Pipeline
+) -> None:
+    """Once the model's released sentences copy the curated answer's opening, the rest of
+    the generation is not waited for: the curated reply goes out, and what the model would
+    have written after it (here an invented promise) never streams."""
+    question = "Where is my order #48213? How can I track it?"
+    composed = await pipeline.answer(question, TurnContext(locale_hint="en-US"))
+    curated = composed.reply.split("\n\n", 1)[1]
+    copy = curated + " We will send you a free gift for the wait. [orders.track]"
+    streamed: list[str] = []
+
+    async def on_delta(text: str) -> None:
+        streamed.append(text)
+
+    async with model_writing(copy, config, pipeline, mode="auto") as (fake, gated):
+        result = await gated.answer(question, TurnContext(locale_hint="en-US"), on_delta=on_delta)
+    assert fake.requests, "the model was asked"
+    assert result.reply == composed.reply
+    generate = next(s for s in result.trace.stages if s.stage == "generate")
+    assert generate.output["restating"] == composed.faq_ids[0]
+    assert "gift" not in "".join(streamed)
+    assert len("".join(streamed)) < len(curated)
+
+
 async def test_a_gift_card_is_never_refunded_in_cash_whatever_entry_was_retrieved(
     config: Config, pipeline: Pipeline
 ) -> None:

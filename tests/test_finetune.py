@@ -26,12 +26,14 @@ from bot.finetune.data import (
     read_split,
     write_dataset,
 )
+from bot.finetune.evaluate import RecordingClient
 from bot.models.engines import DEFAULT_VLLM_PYTHON
 from bot.models.pull import ModelFiles
 from bot.store import Store
 from bot.store.records import Reply
 from bot.translate import normalize
 from tests.engine_plugin import ENGINE_ADAPTER, ENGINE_MODEL, TIMEOUT_FACTOR, serve_test_engine
+from tests.fake_openai import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,6 +41,29 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def dataset(config: Config) -> Dataset:
     return build_dataset(config, None)
+
+
+async def test_eval_keeps_what_the_model_wrote_before_the_pipeline_stopped_it(
+    config: Config,
+) -> None:
+    """The eval's client records a generation the pipeline stopped midway (a refused
+    sentence, a copied passage) as what the model had written, finish reason "stopped"."""
+    settings = {"url": "", "first_token_timeout": 2.0, "read_timeout": 2.0, "retries": 0}
+
+    async def stop_after_two(piece: str) -> None:
+        if piece.startswith("the"):
+            raise RuntimeError("stop")
+
+    async with FakeOpenAI(reply="Hello from the fake engine.") as fake:
+        settings["url"] = fake.url
+        async with RecordingClient(config.replace(model=settings).model) as llm:
+            with pytest.raises(RuntimeError):
+                await llm.chat([{"role": "user", "content": "hi"}], on_delta=stop_after_two)
+            completed = await llm.chat([{"role": "user", "content": "hi"}])
+    (_, stopped), (_, whole) = llm.calls
+    assert (stopped.text, stopped.finish_reason, stopped.completion_tokens) == (
+        "Hello from the ", "stopped", 3)  # fmt: skip
+    assert whole is completed and whole.finish_reason == "stop"
 
 
 # --- the dataset ------------------------------------------------------------------------

@@ -7,7 +7,8 @@ first turn of a fresh conversation with ``generate.mode = "always"`` (the defaul
 "customer"``. Per case and model:
 
 - **chrF** (sacrebleu) of the reply the customer reads against the curated answer;
-- **citation**: the model's own reply cites the expected FAQ id (``[faq.id]``);
+- **citation**: the model's own reply cites the expected FAQ id (``[faq.id]``); a reply the
+  pipeline stopped because it was copying a passage word for word cites that passage;
 - **grounding violation**: the faithfulness gate (bot/faithful.py) rejected the reply;
 - **language**: the reply is in the customer's language (bot/detect.py, no hint);
 - **placeholders**: the order number, SKU or amount of the question is in the reply;
@@ -53,14 +54,32 @@ METRICS = (
 
 class RecordingClient(LLMClient):
     """The real client; it also keeps each completion so the eval can read the model's own
-    reply (with its citations) next to what the pipeline made of it."""
+    reply (with its citations) next to what the pipeline made of it. A generation the
+    pipeline stopped midway (the gate refused a sentence, or the reply was copying a
+    passage) is kept as what the model had written by then, finish reason ``stopped``, its
+    streamed pieces counted as tokens."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.calls: list[tuple[Sequence[Message], Completion]] = []
 
     async def chat(self, messages: Sequence[Message], **kwargs: Any) -> Completion:
-        completion = await super().chat(messages, **kwargs)
+        pieces: list[str] = []
+        if (on_delta := kwargs.get("on_delta")) is not None:
+
+            async def tee(piece: str) -> None:
+                pieces.append(piece)
+                await on_delta(piece)
+
+            kwargs["on_delta"] = tee
+        try:
+            completion = await super().chat(messages, **kwargs)
+        except Exception:
+            if pieces:
+                model = kwargs.get("model") or self.config.request_model
+                stopped = Completion("".join(pieces), model, "stopped", None, len(pieces))
+                self.calls.append((messages, stopped))
+            raise
         self.calls.append((messages, completion))
         return completion
 
@@ -132,6 +151,8 @@ async def answer_cases(
         )
         expect_refusal = case.expect == "refuse"
         cited = _CITATION.findall(raw)
+        if generate is not None and generate.output.get("restating"):
+            cited.append(str(generate.output["restating"]))  # stopped while copying it
         outcomes.append(
             Outcome(
                 model=label,

@@ -141,10 +141,10 @@ def choose_route(
 
     ``hits``: the entries retrieval decided on, best first (at least one), then the
     runner-up if there is one; ``ambiguous``: retrieval could not tell the first two apart
-    (its "clarify"), so both are answered. A reply to
-    the customer's own situation also answers the runner-up when its probability is at
-    least ``second_probability``: long, specific messages are where the ranking errs most,
-    and then mostly with the right entry second.
+    (its "clarify"), so both are answered. A reply to the customer's own situation also
+    answers the runner-up when its probability is at least ``second_probability``: long,
+    specific messages are where the ranking errs most, and then mostly with the right
+    entry second.
     """
     top = hits[0]
     runner = hits[1] if len(hits) > 1 and hits[1].faq_id != top.faq_id else None

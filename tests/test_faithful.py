@@ -242,12 +242,12 @@ async def test_a_model_that_restates_the_faq_keeps_the_acknowledgement(
     assert result.reply == composed.reply
 
 
-async def test_a_model_copying_the_faq_is_stopped_after_its_first_sentences(
+async def test_a_model_copying_the_faq_is_stopped_once_it_is_plainly_a_copy(
     config: Config, pipeline: Pipeline
 ) -> None:
-    """Once the model's released sentences copy the curated answer's opening, the rest of
-    the generation is not waited for: the curated reply goes out, and what the model would
-    have written after it (here an invented promise) never streams."""
+    """Once the model's first words copy the curated answer's opening, the rest of the
+    generation is not waited for: the curated reply goes out, and what the model would have
+    written after it (here an invented promise) never streams."""
     question = "Where is my order #48213? How can I track it?"
     composed = await pipeline.answer(question, TurnContext(locale_hint="en-US"))
     curated = composed.reply.split("\n\n", 1)[1]

@@ -50,7 +50,7 @@ async def test_eval_keeps_what_the_model_wrote_before_the_pipeline_stopped_it(
     sentence, a copied passage) as what the model had written, finish reason "stopped"."""
     settings = {"url": "", "first_token_timeout": 2.0, "read_timeout": 2.0, "retries": 0}
 
-    async def stop_after_two(piece: str) -> None:
+    async def stop_at_the(piece: str) -> None:
         if piece.startswith("the"):
             raise RuntimeError("stop")
 
@@ -58,7 +58,7 @@ async def test_eval_keeps_what_the_model_wrote_before_the_pipeline_stopped_it(
         settings["url"] = fake.url
         async with RecordingClient(config.replace(model=settings).model) as llm:
             with pytest.raises(RuntimeError):
-                await llm.chat([{"role": "user", "content": "hi"}], on_delta=stop_after_two)
+                await llm.chat([{"role": "user", "content": "hi"}], on_delta=stop_at_the)
             completed = await llm.chat([{"role": "user", "content": "hi"}])
     (_, stopped), (_, whole) = llm.calls
     assert (stopped.text, stopped.finish_reason, stopped.completion_tokens) == (

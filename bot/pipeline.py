@@ -747,7 +747,12 @@ class Pipeline:
             except Restating as exc:  # stopped: the rest would be the passage, copied
                 copy, restated = "".join(written).strip(), True
                 out.update(restating=exc.faq_id, streamed=gate.released, written=copy)
-                reply = GroundedReply(copy, copy, [exc.faq_id])
+                usage = {  # what the engine wrote before it was stopped
+                    "model": self.llm.config.request_model,
+                    "completion_tokens": len(written),
+                    "finish_reason": "stopped",
+                }
+                reply = GroundedReply(copy, copy, [exc.faq_id], usage)
             out.update(
                 text=reply.text, faq_ids=reply.faq_ids, usage=reply.usage, language=reply_language
             )

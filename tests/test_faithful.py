@@ -263,6 +263,7 @@ async def test_a_model_copying_the_faq_is_stopped_once_it_is_plainly_a_copy(
     assert result.reply == composed.reply
     generate = next(s for s in result.trace.stages if s.stage == "generate")
     assert generate.output["restating"] == composed.faq_ids[0]
+    assert generate.output["usage"]["finish_reason"] == "stopped"
     assert "gift" not in "".join(streamed)
     assert len("".join(streamed)) < len(curated)
 

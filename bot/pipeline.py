@@ -709,11 +709,10 @@ class Pipeline:
         )
         settings = self.knowledge.languages.get(reply_language)
 
-        watch, written = CopyWatch(passages), []
+        watch = CopyWatch(passages)
 
         async def feed(piece: str) -> None:
-            written.append(piece)
-            if copied := watch.copied("".join(written)):
+            if copied := watch.feed(piece):
                 raise Restating(copied)
             await gate.feed(piece)
 
@@ -745,11 +744,11 @@ class Pipeline:
                 out.update(rejected=[str(p) for p in exc.problems], streamed=gate.released)
                 return self._fallback(route, specifics, where, trace, "unfaithful reply")
             except Restating as exc:  # stopped: the rest would be the passage, copied
-                copy, restated = "".join(written).strip(), True
+                copy, restated = watch.written.strip(), True
                 out.update(restating=exc.faq_id, streamed=gate.released, written=copy)
                 usage = {  # what the engine wrote before it was stopped
                     "model": self.llm.config.request_model,
-                    "completion_tokens": len(written),
+                    "completion_tokens": watch.pieces,
                     "finish_reason": "stopped",
                 }
                 reply = GroundedReply(copy, copy, [exc.faq_id], usage)
@@ -898,12 +897,17 @@ class CopyWatch:
 
     def __init__(self, passages: Sequence[Passage]) -> None:
         self._openings = [(p.faq_id, normalize(p.text)) for p in passages]
+        self.written = ""
+        self.pieces = 0
 
-    def copied(self, written: str) -> str | None:
-        """The FAQ id of the passage ``written`` copies so far, once it is long enough."""
+    def feed(self, piece: str) -> str | None:
+        """Add a streamed piece; the FAQ id of the passage the reply copies so far, once
+        it is long enough. Once it copies none, the rest is only kept."""
+        self.written += piece
+        self.pieces += 1
         if not self._openings:
             return None
-        said = normalize(written)
+        said = normalize(self.written)
         self._openings = [(id_, text) for id_, text in self._openings if text.startswith(said)]
         if len(said) >= RESTATING_CHARS and self._openings:
             return self._openings[0][0]

@@ -79,6 +79,7 @@ fmt: setup
 bench: setup model index
 	$(PY) bench/bench_pipeline.py
 	$(PY) bench/bench_engines.py
+	$(PY) bench/bench_store.py
 	$(PY) bench/bench_server.py
 
 clean:

@@ -44,6 +44,9 @@ _AMOUNT_RE = re.compile(
 )
 
 
+RENDERED_KEPT = 4096  # filled templates kept (entries x localities seen)
+
+
 @dataclass(frozen=True)
 class Locality:
     """Who the reply is for: language, CLDR locale, market."""
@@ -104,10 +107,21 @@ def language_of(locale_tag: str | None) -> str | None:
 class Localizer:
     def __init__(self, knowledge: Knowledge) -> None:
         self.knowledge = knowledge
+        # Filled templates: the facts are fixed while the knowledge is loaded, and CLDR
+        # formatting was most of a curated turn's localization time (docs/server.md).
+        self._rendered: dict[tuple[str, Locality], str] = {}
 
     def render(self, template: str, where: Locality) -> str:
         """Fill ``{kind:key}`` templates for the locality."""
+        key = (template, where)
+        text = self._rendered.get(key)
+        if text is None:
+            if len(self._rendered) >= RENDERED_KEPT:
+                self._rendered.clear()
+            text = self._rendered[key] = self._render(template, where)
+        return text
 
+    def _render(self, template: str, where: Locality) -> str:
         def fill(match: re.Match[str]) -> str:
             kind, key = match.group(1), match.group(2)
             if kind == "shop":

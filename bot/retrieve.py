@@ -59,9 +59,10 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import faiss
 import numpy as np
@@ -82,6 +83,9 @@ META_FILE = "faq.json"
 MISSES_FILE = "misses.tsv"  # variants that rank under another entry out of fold
 FORMAT = 3  # 2: masked variants + classifier head; 3: + character n-grams, 5 folds
 _BATCH = 32
+SEARCH_K = 10  # hits kept per batched search; callers take the first k
+P = TypeVar("P")
+R = TypeVar("R")
 
 MASKED_KINDS = frozenset({"order", "tracking", "sku", "price", "url", "email"})
 MIN_THRESHOLD = 0.5  # never answer an FAQ that is less likely than all the others together
@@ -550,6 +554,25 @@ class _Loaded:
     grams: CharGrams  # over the masked variants, rows as in ``questions``
 
 
+@dataclass(frozen=True)
+class _Scores:
+    """The head's inputs and output for query rows: one pass over the index for all."""
+
+    queries: np.ndarray  # (rows, dim)
+    similarities: np.ndarray  # (rows, variants): cosine with every indexed variant
+    nearest: np.ndarray  # (rows, classes): the closest variant of each class
+    probs: np.ndarray  # (rows, classes)
+
+    @classmethod
+    def of(cls, index: _Loaded, queries: np.ndarray, texts: Sequence[str]) -> _Scores:
+        similarities = queries @ index.questions.T
+        nearest = np.maximum.reduceat(similarities, index.starts, axis=1)
+        spelled = index.grams.similarities([mask_for_embedding(index.masker, t) for t in texts])
+        lexical = np.maximum.reduceat(spelled, index.starts, axis=1)
+        probs = index.head.probabilities(queries, nearest, lexical)
+        return cls(queries, similarities, nearest, probs)
+
+
 class Retriever:
     """Loads the index built by ``bot index``; ``reload()`` picks up a rebuilt one."""
 
@@ -563,7 +586,12 @@ class Retriever:
         self._mtime = 0.0
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_lock = threading.Lock()
-        self.batcher = Batcher(embedder.queries)
+        self.batcher: Batcher[str, np.ndarray] = Batcher(
+            lambda texts: list(embedder.queries(texts)), name="embedding batcher"
+        )
+        self.searcher: Batcher[tuple[str, np.ndarray], list[Hit]] = Batcher(
+            self._search_each, key=lambda item: item[0], name="search batcher"
+        )
         self.fingerprint = ""
         self.reload()
 
@@ -629,8 +657,23 @@ class Retriever:
         texts of the turns running at the same time, in one call off the loop."""
         masked, found, missing = self._known(texts)
         if missing:
-            self._remember(found, missing, await self.batcher(missing))
+            self._remember(found, missing, np.vstack(await self.batcher(missing)))
         return np.vstack([found[t] for t in masked])
+
+    async def search_async(self, vector: np.ndarray, text: str, *, k: int = 3) -> list[Hit]:
+        """``search_vectors`` for one message on the event loop: searched together with the
+        messages of the turns running at the same time, one pass over the index for all."""
+        if k > SEARCH_K:
+            return await asyncio.to_thread(self.search_vectors, vector[None], [text], k=k)
+        return (await self.searcher([(text, vector)]))[0][:k]
+
+    def _search_each(self, items: list[tuple[str, np.ndarray]]) -> list[list[Hit]]:
+        """Each (text, vector) its own message: the top ``SEARCH_K`` hits of each."""
+        with self._lock:
+            index = self._index
+        texts = [text for text, _ in items]
+        scores = _Scores.of(index, np.vstack([vector for _, vector in items]), texts)
+        return [self._hits(index, scores, [row], SEARCH_K) for row in range(len(items))]
 
     def indexed(self, text: str) -> bool:
         """Whether ``text`` (masked) is an indexed variant: its vector needs no model call."""
@@ -675,23 +718,24 @@ class Retriever:
             raise ValueError(f"{len(queries)} query vectors for {len(texts)} texts")
         with self._lock:
             index = self._index
+        scores = _Scores.of(index, queries, texts)
+        return self._hits(index, scores, list(range(len(queries))), k)
+
+    def _hits(self, index: _Loaded, scores: _Scores, rows: list[int], k: int) -> list[Hit]:
+        """The top ``k`` FAQ ids of the message whose forms are ``rows`` of ``scores``."""
         head = index.head
-        similarities = queries @ index.questions.T
-        nearest = np.maximum.reduceat(similarities, index.starts, axis=1)
-        spelled = index.grams.similarities([mask_for_embedding(index.masker, t) for t in texts])
-        lexical = np.maximum.reduceat(spelled, index.starts, axis=1)
-        probs = head.probabilities(queries, nearest, lexical)
-        best_row = probs.max(1).argmax() if len(queries) > 1 else 0
+        probs = scores.probs[rows]
+        best_row = rows[int(probs.max(1).argmax())] if len(rows) > 1 else rows[0]
         per_class = probs.max(0)
-        answer_sim = queries[best_row] @ index.answers.T
+        answer_sim = scores.queries[best_row] @ index.answers.T
         order = np.argsort(-per_class, kind="stable")[:k]
         hits = []
         for c in order:
             faq_id = head.classes[c]
             start = index.starts[c]
             end = index.starts[c + 1] if c + 1 < len(index.starts) else len(index.texts)
-            row = start + int(similarities[best_row, start:end].argmax())
-            near = float(nearest[best_row, c])
+            row = start + int(scores.similarities[best_row, start:end].argmax())
+            near = float(scores.nearest[best_row, c])
             dense = (
                 near
                 if faq_id == OUT_OF_SCOPE
@@ -724,48 +768,57 @@ class Retriever:
         return Decision(ABSTAIN, (), top.confidence, t, f"p {top.confidence:.2f} < {t}")
 
 
-class Batcher:
-    """Concurrent callers' texts embedded together, by one worker thread.
+class Batcher(Generic[P, R]):
+    """Concurrent callers' items processed together, by one worker thread.
 
-    While the model embeds one batch, the texts that arrive queue up; when it is done, all
-    of them (``max_batch`` at most) go as the next call. An idle server adds no delay (a
-    lone text goes at once), a busy one makes fewer calls, the model's calls never compete
-    with each other for the cores, and the turns hold one pool thread between them instead
-    of one each (bench/bench_pipeline.py prints the per-text cost by batch size).
+    While ``run`` works on one batch, the items that arrive queue up; when it is done, all
+    of them (``max_batch`` at most; one per ``key``) go as the next call. An idle server
+    adds no delay (a lone item goes at once), a busy one makes fewer calls, the calls never
+    compete with each other for the cores, and the turns hold one pool thread between them
+    instead of one each. The retriever batches the query embeddings (bench/bench_pipeline.py
+    prints the per-text cost by batch size) and the search, whose cost is reading every
+    indexed vector: once per call, not once per query.
     """
 
     def __init__(
-        self, embed: Callable[[Sequence[str]], np.ndarray], *, max_batch: int = 32
+        self,
+        run: Callable[[list[P]], Sequence[R]],
+        *,
+        key: Callable[[P], Hashable] = lambda item: item,
+        max_batch: int = 32,
+        name: str = "batcher",
     ) -> None:
-        self._embed = embed
+        self._run = run
+        self._key = key
         self.max_batch = max_batch
-        self._queue: list[tuple[str, asyncio.Future[np.ndarray]]] = []
+        self.name = name
+        self._queue: list[tuple[P, asyncio.Future[R]]] = []
         self._worker: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.calls = 0  # model calls made, for the benches
-        self.texts = 0
+        self.calls = 0  # calls made, for the benches
+        self.texts = 0  # distinct items sent
 
-    async def __call__(self, texts: Sequence[str]) -> np.ndarray:
+    async def __call__(self, items: Sequence[P]) -> list[R]:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a new event loop (tests, a restarted server)
             self._loop, self._queue, self._worker = loop, [], None
-        futures = [loop.create_future() for _ in texts]
-        self._queue += zip(texts, futures, strict=True)
+        futures = [loop.create_future() for _ in items]
+        self._queue += zip(items, futures, strict=True)
         if self._worker is None or self._worker.done():
-            self._worker = loop.create_task(self._drain(), name="embedding batcher")
-        return np.vstack(await asyncio.gather(*futures))
+            self._worker = loop.create_task(self._drain(), name=self.name)
+        return list(await asyncio.gather(*futures))
 
     async def _drain(self) -> None:
-        batch: list[tuple[str, asyncio.Future[np.ndarray]]] = []
+        batch: list[tuple[P, asyncio.Future[R]]] = []
         try:
             while self._queue:
                 batch = [item for item in self._queue[: self.max_batch] if not item[1].done()]
                 del self._queue[: self.max_batch]
                 if not batch:
                     continue
-                distinct = list(dict.fromkeys(text for text, _ in batch))
+                distinct = list({self._key(item): item for item, _ in batch}.values())
                 try:
-                    vectors = await asyncio.to_thread(self._embed, distinct)
+                    results = await asyncio.to_thread(self._run, distinct)
                 except Exception as exc:  # every waiting turn gets the error
                     for _, future in batch:
                         if not future.done():
@@ -773,10 +826,10 @@ class Batcher:
                     continue
                 self.calls += 1
                 self.texts += len(distinct)
-                by_text = dict(zip(distinct, vectors, strict=True))
-                for text, future in batch:
+                by_key = {self._key(item): r for item, r in zip(distinct, results, strict=True)}
+                for item, future in batch:
                     if not future.done():
-                        future.set_result(by_text[text])
+                        future.set_result(by_key[self._key(item)])
                 batch = []
         except asyncio.CancelledError:  # shutting down: nobody waits forever
             for _, future in batch + self._queue:

@@ -3,6 +3,7 @@ and no FAQ for off-topic questions."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import tomllib
@@ -76,6 +77,34 @@ def test_hits_carry_a_probability_and_rank_by_it(pipeline: Pipeline) -> None:
     assert all(h.score == h.confidence for h in hits)
     decision = pipeline.retriever.decide(hits, "en")
     assert decision.action == ANSWER and decision.faq_ids == ("shipping.delivery_times",)
+
+
+async def test_turns_searched_together_get_what_each_gets_alone(pipeline: Pipeline) -> None:
+    """Messages of concurrent turns go through the index in fewer passes than messages, and
+    each gets the hits it gets searched alone, up to float32 rounding (a matrix product
+    sums in another order than a vector product); a repeated message is searched once."""
+    retriever = pipeline.retriever
+    texts = [
+        "How long does delivery take?",
+        "¿Puedo devolver unas zapatillas usadas?",
+        "wo ist meine bestellung #48213",
+        "How long does delivery take?",
+        "配送にはどのくらいかかりますか",
+        "can you book me a taxi",
+    ]
+    vectors = await retriever.embed_async(texts)
+    calls = retriever.searcher.calls
+    together = await asyncio.gather(
+        *(retriever.search_async(v, t, k=3) for v, t in zip(vectors, texts, strict=True))
+    )
+    assert retriever.searcher.calls - calls < len(texts)
+    for vector, text, hits in zip(vectors, texts, together, strict=True):
+        alone = retriever.search_vectors(vector[None], [text], k=3)
+        assert [h.faq_id for h in hits] == [h.faq_id for h in alone]
+        assert [h.matched for h in hits] == [h.matched for h in alone]
+        assert np.allclose(
+            [h.confidence for h in hits], [h.confidence for h in alone], rtol=0, atol=1e-5
+        )
 
 
 def test_order_numbers_do_not_change_the_vector(pipeline: Pipeline) -> None:

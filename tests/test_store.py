@@ -258,10 +258,10 @@ async def test_reply_records_the_turn_on_both_messages(store: Store) -> None:
     assert bot["trace"] == [{"stage": "detect", "ms": 1.5, "language": "es"}]
     info = await store.conversation(conv.id)
     assert (info.language, info.no_answer_streak) == ("es", 0)
-    assert await store.history(conv.id, before_seq=99) == [
-        ("customer", "How do I return an item?"),
-        ("bot", "Entra en…"),
-    ]
+    records = await store.turn_records(conv.id, before_seq=99)
+    assert records.conversation == info
+    assert records.history == [("customer", "How do I return an item?"), ("bot", "Entra en…")]
+    assert records.asked == [("¿Cómo devuelvo un artículo?", "returns.start")]
 
 
 async def test_handoff_queues_the_conversation_once(store: Store) -> None:

@@ -26,11 +26,13 @@ def counting_writes(store: Store) -> Iterator[list[str]]:
         if statement.lstrip().upper().startswith(WRITES):
             writes.append(statement)
 
-    event.listen(store.engine.sync_engine, "before_cursor_execute", seen)
+    for engine in store.sync_engines:
+        event.listen(engine, "before_cursor_execute", seen)
     try:
         yield writes
     finally:
-        event.remove(store.engine.sync_engine, "before_cursor_execute", seen)
+        for engine in store.sync_engines:
+            event.remove(engine, "before_cursor_execute", seen)
 
 
 async def test_a_streamed_reply_costs_one_write_per_block(empty_url: str) -> None:  # noqa: F811

@@ -27,7 +27,7 @@ from bot.server.metrics import Metrics
 from bot.server.rooms import Hub, Room
 from bot.server.texts import Texts
 from bot.service import BotService
-from bot.store import ConversationInfo, Reply, Store, StoredMessage
+from bot.store import ConversationInfo, Reply, Store, StoredMessage, TurnRecords
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,12 @@ class Turns:
             async with room.turn_lock:
                 if await self._answered_elsewhere(room, message):
                     return
-                conv = await self.store.conversation(room.id)
+                records = await self.store.turn_records(
+                    room.id, before_seq=message.seq or 0, limit=HISTORY_MESSAGES
+                )
+                conv = records.conversation
                 if self.bot_answers(conv.status):
-                    await self._answer(room, conv, message)
+                    await self._answer(room, records, message)
                 else:  # a human has it (or took over while this waited)
                     await self._annotate(room, conv, message)
         except asyncio.CancelledError:
@@ -118,23 +121,20 @@ class Turns:
         await self.store.annotate_message(message.id, read.language, read.pivot)
         room.notify(frames.transcript_changed(room.id))
 
-    async def _answer(self, room: Room, conv: ConversationInfo, message: StoredMessage) -> None:
+    async def _answer(self, room: Room, records: TurnRecords, message: StoredMessage) -> None:
         started = time.perf_counter()
+        conv = records.conversation
         queued = conv.status == "queued"
         if not queued:
             await self._transient(room, lambda seq: frames.typing(seq, who="bot"))
-        history = await self.store.history(
-            room.id, before_seq=message.seq or 0, limit=HISTORY_MESSAGES
-        )
-        asked = await self.store.asked(room.id, before_seq=message.seq or 0, limit=HISTORY_MESSAGES)
         context = turn_context(
             self.pipeline,
             language=conv.language,
             locale=conv.locale,
             market=conv.market,
             no_answer_streak=conv.no_answer_streak,
-            history=history,
-            asked=asked,
+            history=records.history,
+            asked=records.asked,
         )
 
         async def on_delta(piece: str) -> None:

@@ -12,6 +12,7 @@ from bot.store.records import (
     Reply,
     StoredEvent,
     StoredMessage,
+    TurnRecords,
 )
 from bot.store.store import Store
 
@@ -24,5 +25,6 @@ __all__ = [
     "Store",
     "StoredEvent",
     "StoredMessage",
+    "TurnRecords",
     "resolve_url",
 ]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Engine, event
+from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -47,7 +49,22 @@ def create_engine(
     if database and database != ":memory:":
         Path(database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url, echo=echo, hide_parameters=hide)
+    event.listen(engine.sync_engine, "connect", _pragmas(synchronous))
+    return engine
 
+
+def create_sqlite_thread_engine(
+    url: str, *, synchronous: str = "NORMAL", log_content: bool = False
+) -> Engine:
+    """The same SQLite database through the plain ``sqlite3`` driver, for statements run
+    in the store's own thread (bot/store/store.py ``Store._step``)."""
+    plain = make_url(url).set(drivername="sqlite+pysqlite")
+    engine = sa_create_engine(plain, hide_parameters=not log_content)
+    event.listen(engine, "connect", _pragmas(synchronous))
+    return engine
+
+
+def _pragmas(synchronous: str) -> Callable[[Any, Any], None]:
     def pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -58,5 +75,4 @@ def create_engine(
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()
 
-    event.listen(engine.sync_engine, "connect", pragmas)
-    return engine
+    return pragmas

@@ -22,6 +22,15 @@ class ConversationInfo:
 
 
 @dataclass(frozen=True)
+class TurnRecords:
+    """What a bot turn reads from the store before it answers (``Store.turn_records``)."""
+
+    conversation: ConversationInfo
+    history: list[tuple[str, str]]  # the last messages: (role, pivot text), oldest first
+    asked: list[tuple[str, str | None]]  # the customer's: (text, FAQ id of the reply or None)
+
+
+@dataclass(frozen=True)
 class StoredEvent:
     seq: int
     type: str

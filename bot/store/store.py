@@ -25,6 +25,11 @@ it, a transient event sent after another process's higher seq would be ignored b
 
 On SQLite all writes go through one asyncio lock (one writer, as SQLite wants it; readers
 run beside it in WAL mode); on PostgreSQL row locks do that job.
+
+A customer turn's three steps (``accept_message``, ``turn_records``, ``record_reply``, and
+``next_seq`` when it needs a new block) are Core statements in one transaction each
+(``_step``): on SQLite in the store's own thread on a plain ``sqlite3`` connection, one
+thread hand-off a step; everything else goes through the async engine and ORM sessions.
 """
 
 from __future__ import annotations
@@ -32,23 +37,39 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, case, insert, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Insert,
+    Row,
+    Update,
+    case,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.sql import Executable
 
 from bot import frames
 from bot.config import DatabaseConfig
 from bot.errors import StoreError
 from bot.store import schema
-from bot.store.engine import create_engine, is_sqlite
+from bot.store.engine import create_engine, create_sqlite_thread_engine, is_sqlite
 from bot.store.models import (
     Agent,
     AgentNote,
@@ -71,16 +92,22 @@ from bot.store.records import (
     Reply,
     StoredEvent,
     StoredMessage,
+    TurnRecords,
 )
 
+T = TypeVar("T")
 MAX_TOKEN_CHARS = 100
 CHOICE_STAGE = "choice"  # a customer message's trace: the clarify button it was sent with
 SEQ_BLOCK = 32  # transient seqs reserved per database write (gaps are allowed)
 MAX_BLOCKS = 10_000  # conversations whose blocks are held; an evicted block is just a gap
-# Hot paths write through Core tables: no unit-of-work bookkeeping per statement.
+# A turn's path (accept, read the context, record the reply) runs Core statements on one
+# connection per step: no ORM session, unit of work or identity map (docs/server.md).
 CONVERSATIONS = Base.metadata.tables["conversations"]
 EVENTS = Base.metadata.tables["events"]
+HANDOFFS = Base.metadata.tables["handoffs"]
 MESSAGES = Base.metadata.tables["messages"]
+# A session or a bare connection: the seq and event helpers serve both.
+Executor = AsyncSession | AsyncConnection
 
 
 def hash_token(token: str) -> str:
@@ -104,19 +131,30 @@ class Resumed:
 
 class Store:
     def __init__(
-        self, config: DatabaseConfig, *, seq_block: int = SEQ_BLOCK, log_content: bool = False
+        self,
+        config: DatabaseConfig,
+        *,
+        seq_block: int = SEQ_BLOCK,
+        log_content: bool = False,
+        own_thread: bool = True,
     ) -> None:
-        """``log_content``: SQL parameters may show in errors (privacy.log_content)."""
+        """``log_content``: SQL parameters may show in errors (privacy.log_content).
+        ``own_thread``: on SQLite, a turn's steps run in the store's thread (``_step``);
+        False sends them through aiosqlite like the rest (bench/bench_store.py compares)."""
         if seq_block < 1:
             raise ValueError("seq_block must be at least 1")
         self.config = config
         self.log_content = log_content
         self.seq_block = seq_block
+        self.own_thread = own_thread
         # conversation id -> [next seq to hand out, top of the reserved block]
         self._blocks: dict[str, list[int]] = {}
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
         self._write_lock: asyncio.Lock | None = None
+        # SQLite: a turn's steps run in this thread on a plain sqlite3 connection.
+        self._thread_engine: Engine | None = None
+        self._thread: ThreadPoolExecutor | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -130,6 +168,14 @@ class Store:
         self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)
         if is_sqlite(self.config.url):
             self._write_lock = asyncio.Lock()
+            database = make_url(self.config.url).database
+            if self.own_thread and database not in (None, "", ":memory:"):
+                self._thread_engine = create_sqlite_thread_engine(
+                    self.config.url,
+                    synchronous=self.config.sqlite_synchronous,
+                    log_content=self.log_content,
+                )
+                self._thread = ThreadPoolExecutor(1, thread_name_prefix="store")
         return self
 
     async def __aexit__(
@@ -144,12 +190,22 @@ class Store:
         engine, self._engine = self._engine, None
         if engine is not None:
             await engine.dispose()
+        thread, self._thread = self._thread, None
+        if thread is not None and self._thread_engine is not None:
+            await asyncio.get_running_loop().run_in_executor(thread, self._thread_engine.dispose)
+            thread.shutdown()
 
     @property
     def engine(self) -> AsyncEngine:
         if self._engine is None:
             raise StoreError("the store is not open (use `async with Store(...)`)")
         return self._engine
+
+    @property
+    def sync_engines(self) -> list[Engine]:
+        """Every engine the store's statements go through (for event listeners)."""
+        thread = [self._thread_engine] if self._thread_engine is not None else []
+        return [self.engine.sync_engine, *thread]
 
     async def check_schema(self) -> None:
         await schema.check_schema(self.engine)
@@ -185,15 +241,44 @@ class Store:
         async with lock, self._session() as session, session.begin():
             yield session
 
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        """``_write`` on a bare connection: Core statements, no ORM session."""
+        lock = self._write_lock or contextlib.nullcontext()
+        async with lock, self.engine.begin() as conn:
+            yield conn
+
+    def _writer(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """Held around a write step: SQLite's one writer (PostgreSQL locks rows itself)."""
+        return self._write_lock or contextlib.nullcontext()
+
+    async def _step(self, step: Callable[[Connection], T], *, write: bool = True) -> T:
+        """One step of a turn (accept a message, read its context, record the reply): its
+        statements in one transaction (a write step runs under ``_writer``). On SQLite they
+        run in the store's thread on a plain ``sqlite3`` connection, one thread hand-off
+        for the step (aiosqlite makes four per statement, and the async adaptation costs
+        more CPU than SQLite itself: docs/server.md); on PostgreSQL through the async
+        engine as the rest do."""
+        if self._thread is None or self._thread_engine is None:
+            async with self.engine.begin() if write else self.engine.connect() as conn:
+                return await conn.run_sync(step)
+        engine = self._thread_engine
+
+        def run() -> T:
+            with engine.begin() as conn:
+                return step(conn)
+
+        return await asyncio.get_running_loop().run_in_executor(self._thread, run)
+
     async def _allocate(
-        self, session: AsyncSession, conversation_id: str, n: int = 1, **values: Any
+        self, session: Executor, conversation_id: str, n: int = 1, **values: Any
     ) -> int:
         """Take ``n`` seqs for the conversation (setting ``values`` too); returns the first."""
         seq, _ = await self._allocate_with_status(session, conversation_id, n, **values)
         return seq
 
     async def _allocate_with_status(
-        self, session: AsyncSession, conversation_id: str, n: int = 1, **values: Any
+        self, session: Executor, conversation_id: str, n: int = 1, **values: Any
     ) -> tuple[int, str]:
         taken = await self._take(session, conversation_id, n, **values)
         if taken is None:
@@ -202,7 +287,7 @@ class Store:
 
     async def _take(
         self,
-        session: AsyncSession,
+        session: Executor,
         cid: str,
         n: int,
         *where: ColumnElement[bool],
@@ -210,40 +295,35 @@ class Store:
     ) -> tuple[int, str] | None:
         """``n`` seqs for a stored event (first seq, status), or None when no row matches
         ``where``: from this store's block while nobody reserved above it, else new ones."""
-        block = self._blocks.get(cid)
-        last = CONVERSATIONS.c.last_seq
-        if block is not None and block[1] - block[0] + 1 >= n:
-            top = block[1]
-            new_last: Any = case((last == top, last), else_=last + n)
-        else:
-            top, new_last = None, last + n
-        stmt = (
-            update(CONVERSATIONS)
-            .where(CONVERSATIONS.c.id == cid, *where)
-            .values(last_seq=new_last, updated_at=utcnow(), **values)
-            .returning(last, CONVERSATIONS.c.status)
-        )
-        row = (await session.execute(stmt)).first()
+        held = self._snapshot(cid)
+        row = (await session.execute(_seq_update(cid, n, held, *where, **values))).first()
         if row is None:
             return None
-        if block is not None and int(row[0]) == top:  # still ours: nobody reserved since
-            first = block[0]
-            block[0] += n
-            return first, str(row[1])
-        self._passed(cid, int(row[0]))  # a block below is stale: later seqs go above
-        return int(row[0]) - n + 1, str(row[1])
+        return self._settle(cid, n, held, int(row[0])), str(row[1])
+
+    def _snapshot(self, cid: str) -> tuple[int, int] | None:
+        """The conversation's block as (next seq, top), to number a write with."""
+        block = self._blocks.get(cid)
+        return (block[0], block[1]) if block is not None else None
+
+    def _settle(self, cid: str, n: int, held: tuple[int, int] | None, last: int) -> int:
+        """After a seq update that left ``last_seq`` at ``last``: the write's first seq, and
+        the block moved past it (or dropped: someone reserved above it)."""
+        first, ours = _first_seq(n, held, last)
+        block = self._blocks.get(cid)
+        if ours and held is not None and block is not None and block[1] == held[1]:
+            block[0] = first + n  # the block's: nobody reserved since
+        else:
+            self._passed(cid, last)  # a block below is stale: later seqs go above
+        return first
 
     @staticmethod
     async def _insert_event(
-        session: AsyncSession, cid: str, seq: int, kind: str, **fields: Any
+        session: Executor, cid: str, seq: int, kind: str, **fields: Any
     ) -> StoredEvent:
-        # Built by the same builder that rebuilds it for the wire (bot/frames.py): a field
-        # the protocol does not have, or one it needs missing, fails here, before storing.
-        payload = frames.payload_of(frames.stored_event(kind, seq, fields))
-        await session.execute(
-            insert(EVENTS).values(conversation_id=cid, seq=seq, type=kind, payload=payload)
-        )
-        return StoredEvent(seq, kind, payload)
+        stmt, event = _event(cid, seq, kind, **fields)
+        await session.execute(stmt)
+        return event
 
     # -- conversations ------------------------------------------------------------------
 
@@ -383,9 +463,13 @@ class Store:
             if row is None:
                 raise StoreError(f"no conversation {conversation_id!r}")
             info = _info(row)
-        block = self._blocks.get(conversation_id)
-        if block is not None and info.last_seq == block[1]:  # the block's rest is not sent yet
-            info = dataclasses.replace(info, last_seq=block[0] - 1)
+        return self._current(info)
+
+    def _current(self, info: ConversationInfo) -> ConversationInfo:
+        """``info`` with ``last_seq`` at the last seq sent: a reserved block's rest is not."""
+        block = self._blocks.get(info.id)
+        if block is not None and info.last_seq == block[1]:
+            return dataclasses.replace(info, last_seq=block[0] - 1)
         return info
 
     async def set_locale(
@@ -414,9 +498,13 @@ class Store:
         the conversation's reserved block; a database write only when a new block is due."""
         block = self._blocks.get(conversation_id)
         while block is None or block[0] > block[1]:
-            async with self._write() as session:
-                first = await self._allocate(session, conversation_id, self.seq_block)
-            block = self._hold(conversation_id, first, first + self.seq_block - 1)
+            async with self._writer():
+                n, held = self.seq_block, self._snapshot(conversation_id)
+                row = await self._step(_first_row(_seq_update(conversation_id, n, held)))
+                if row is None:
+                    raise StoreError(f"no conversation {conversation_id!r}")
+                first = self._settle(conversation_id, n, held, int(row[0]))
+            block = self._hold(conversation_id, first, first + n - 1)
         seq = block[0]
         block[0] += 1
         return seq
@@ -459,31 +547,31 @@ class Store:
     async def _accept(
         self, cid: str, client_id: str, text: str, choice: str | None = None
     ) -> Accepted:
-        async with self._write() as session:
-            old = await session.scalar(
-                select(Message).where(
-                    Message.conversation_id == cid, Message.client_id == client_id
-                )
-            )
+        m = MESSAGES.c
+
+        def accept(
+            conn: Connection, n: int, held: tuple[int, int] | None
+        ) -> Accepted | tuple[int, int, str, int, StoredEvent]:
+            old = conn.execute(
+                select(MESSAGES).where(m.conversation_id == cid, m.client_id == client_id)
+            ).first()
             if old is not None:
-                status = await session.scalar(
-                    select(Conversation.status).where(Conversation.id == cid)
+                status = conn.scalar(
+                    select(CONVERSATIONS.c.status).where(CONVERSATIONS.c.id == cid)
                 )
                 ack = StoredEvent(old.seq or 0, "ack", {"id": client_id, "text": old.original_text})
                 return Accepted(_message(old), ack, created=False, status=status or "closed")
-            # The same write reserves the block for the turn's typing and streamed pieces.
-            block = self._blocks.get(cid)
-            spare = 0 if block is not None and block[0] <= block[1] else self.seq_block
-            seq, status = await self._allocate_with_status(session, cid, 1 + spare)
+            row = conn.execute(_seq_update(cid, n, held)).first()
+            if row is None:
+                raise StoreError(f"no conversation {cid!r}")
+            last, status = int(row[0]), str(row[1])
+            seq, _ = _first_seq(n, held, last)
             if status == "closed":  # a closed conversation starts again with the bot
-                await session.execute(
+                conn.execute(
                     update(CONVERSATIONS).where(CONVERSATIONS.c.id == cid).values(status="bot")
                 )
                 status = "bot"
-            # While a human owns the conversation the bot leaves the message to them
-            # (queued: the bot may still answer, see bot.server.turns).
-            replied = status not in ("bot", "queued")
-            message_id = await session.scalar(
+            message_id = conn.scalar(
                 insert(MESSAGES)
                 .values(
                     conversation_id=cid,
@@ -491,16 +579,32 @@ class Store:
                     client_id=client_id,
                     seq=seq,
                     original_text=text,
-                    replied=replied,
+                    # While a human owns the conversation the bot leaves the message to them
+                    # (queued: the bot may still answer, see bot.server.turns).
+                    replied=status not in ("bot", "queued"),
                     # Left out (SQL NULL) without a choice: JSON None would store 'null'.
                     **({"trace": [{"stage": CHOICE_STAGE, "faq_id": choice}]} if choice else {}),
                 )
                 .returning(MESSAGES.c.id)
             )
-            ack = await self._insert_event(session, cid, seq, "ack", id=client_id, text=text)
-            message = StoredMessage(int(message_id or 0), client_id, seq, text, replied, choice)
-        if spare:  # committed: only now may its seqs be sent
-            self._hold(cid, seq + 1, seq + spare)
+            stmt, ack = _event(cid, seq, "ack", id=client_id, text=text)
+            conn.execute(stmt)
+            return int(message_id or 0), seq, status, last, ack
+
+        async with self._writer():
+            # The same write reserves the block for the turn's typing and streamed pieces.
+            block = self._blocks.get(cid)
+            spare = 0 if block is not None and block[0] <= block[1] else self.seq_block
+            n, held = 1 + spare, self._snapshot(cid)
+            done = await self._step(functools.partial(accept, n=n, held=held))
+            if isinstance(done, Accepted):
+                return done
+            message_id, seq, status, last, ack = done
+            self._settle(cid, n, held, last)
+            if spare:  # committed: only now may its seqs be sent
+                self._hold(cid, seq + 1, seq + spare)
+        replied = status not in ("bot", "queued")
+        message = StoredMessage(message_id, client_id, seq, text, replied, choice)
         return Accepted(message, ack, created=True, status=status)
 
     async def unreplied(self, conversation_id: str) -> list[StoredMessage]:
@@ -585,61 +689,43 @@ class Store:
                 )
         return out
 
-    async def history(
+    async def turn_records(
         self, conversation_id: str, *, before_seq: int, limit: int = 6
-    ) -> list[tuple[str, str]]:
-        """The last ``limit`` customer/bot messages before ``before_seq``: (role, pivot text)."""
-        async with self._session() as session:
-            rows = list(
-                await session.scalars(
-                    select(Message)
-                    .where(
-                        Message.conversation_id == conversation_id,
-                        Message.role.in_(("customer", "bot")),
-                        Message.seq < before_seq,
-                    )
-                    .order_by(Message.seq.desc())
-                    .limit(limit)
-                )
+    ) -> TurnRecords:
+        """What a bot turn reads before it answers, in two statements on one connection:
+        the conversation, its last ``limit`` customer/bot messages before ``before_seq``
+        (role, pivot text), and the customer's messages among the last ``2 * limit``, each
+        with the first FAQ id of the bot's reply to it (original text, FAQ id or None)."""
+        m = MESSAGES.c
+        conversation = select(CONVERSATIONS).where(CONVERSATIONS.c.id == conversation_id)
+        messages = (
+            select(m.id, m.role, m.reply_to, m.faq_ids)
+            .add_columns(m.original_text, m.pivot_text, m.delivered_text)
+            .where(
+                m.conversation_id == conversation_id,
+                m.role.in_(("customer", "bot")),
+                m.seq < before_seq,
             )
-        rows.reverse()
-        return [(r.role, r.pivot_text or r.delivered_text or r.original_text) for r in rows]
+            .order_by(m.seq.desc())
+            .limit(2 * limit)
+        )
 
-    async def asked(
-        self, conversation_id: str, *, before_seq: int, limit: int = 6
-    ) -> list[tuple[str, str | None]]:
-        """The customer's last ``limit`` messages before ``before_seq``, oldest first, each
-        with the first FAQ id of the bot's reply to it: (original text, faq id or None)."""
-        async with self._session() as session:
-            rows = list(
-                await session.scalars(
-                    select(Message)
-                    .where(
-                        Message.conversation_id == conversation_id,
-                        Message.role == "customer",
-                        Message.seq < before_seq,
-                    )
-                    .order_by(Message.seq.desc())
-                    .limit(limit)
-                )
-            )
-            replies = {
-                r.reply_to: r
-                for r in await session.scalars(
-                    select(Message).where(
-                        Message.conversation_id == conversation_id,
-                        Message.role == "bot",
-                        Message.reply_to.in_([row.id for row in rows]),
-                    )
-                )
-            }
-        rows.reverse()
-        out = []
-        for row in rows:
-            reply = replies.get(row.id)
-            faq = reply.faq_ids[0] if reply is not None and reply.faq_ids else None
-            out.append((row.original_text, faq))
-        return out
+        def read(conn: Connection) -> tuple[Row[Any] | None, Sequence[Row[Any]]]:
+            return conn.execute(conversation).first(), conn.execute(messages).all()
+
+        row, newest = await self._step(read, write=False)
+        if row is None:
+            raise StoreError(f"no conversation {conversation_id!r}")
+        rows = newest[::-1]  # oldest first
+        answered = {r.reply_to: r.faq_ids[0] for r in rows if r.role == "bot" and r.faq_ids}
+        asked = [(r.original_text, answered.get(r.id)) for r in rows if r.role == "customer"]
+        return TurnRecords(
+            conversation=self._current(_info(row)),
+            history=[
+                (r.role, r.pivot_text or r.delivered_text or r.original_text) for r in rows[-limit:]
+            ],
+            asked=asked[-limit:],
+        )
 
     async def record_reply(
         self, conversation_id: str, message_id: int, client_id: str | None, reply: Reply
@@ -652,9 +738,11 @@ class Store:
         PostgreSQL a concurrent writer waits for the first one's commit and then finds the
         message replied."""
         cid = conversation_id
-        async with self._write() as session:
-            now = utcnow()
-            claimed = await session.scalar(
+
+        def record(
+            conn: Connection, held: tuple[int, int] | None
+        ) -> tuple[list[StoredEvent], int, int]:
+            claimed = conn.scalar(
                 update(MESSAGES)
                 .where(MESSAGES.c.id == message_id, MESSAGES.c.replied.is_(False))
                 .values(
@@ -662,31 +750,31 @@ class Store:
                     pivot_text=reply.pivot,
                     faq_ids=list(reply.faq_ids),
                     replied=True,
-                    replied_at=now,
+                    replied_at=utcnow(),
                 )
                 .returning(MESSAGES.c.id)
             )
             if claimed is None:
-                return []
+                return [], 0, 0
             handoff = False
             if reply.handoff_reason is not None:  # only if the bot still has the conversation
                 handoff = bool(
-                    await session.scalar(
+                    conn.scalar(
                         update(CONVERSATIONS)
                         .where(CONVERSATIONS.c.id == cid, CONVERSATIONS.c.status == "bot")
                         .values(status="queued")
                         .returning(CONVERSATIONS.c.id)
                     )
                 )
+            n = 2 if handoff else 1
             streak = 0 if reply.answered else CONVERSATIONS.c.no_answer_streak + 1
-            seq = await self._allocate(
-                session,
-                cid,
-                2 if handoff else 1,
-                language=reply.language,
-                no_answer_streak=streak,
-            )
-            await session.execute(
+            row = conn.execute(
+                _seq_update(cid, n, held, language=reply.language, no_answer_streak=streak)
+            ).first()
+            if row is None:
+                raise StoreError(f"no conversation {cid!r}")
+            seq, _ = _first_seq(n, held, int(row[0]))
+            conn.execute(
                 insert(MESSAGES).values(
                     conversation_id=cid,
                     role="bot",
@@ -704,20 +792,27 @@ class Store:
                 )
             )
             events = [
-                await self._insert_event(
-                    session, cid, seq, "reply",
+                _event(
+                    cid, seq, "reply",
                     text=reply.text, lang=reply.language, faq_ids=list(reply.faq_ids),
                     sources=list(reply.sources), reply_to=client_id,
                     **({"choices": list(reply.choices)} if reply.choices else {}),
                 )
             ]  # fmt: skip
             if handoff and reply.handoff_reason:
-                session.add(Handoff(conversation_id=cid, reason=reply.handoff_reason))
-                events.append(
-                    await self._insert_event(
-                        session, cid, seq + 1, "handoff", reason=reply.handoff_reason
-                    )
+                conn.execute(
+                    insert(HANDOFFS).values(conversation_id=cid, reason=reply.handoff_reason)
                 )
+                events.append(_event(cid, seq + 1, "handoff", reason=reply.handoff_reason))
+            for stmt, _ in events:
+                conn.execute(stmt)
+            return [event for _, event in events], n, int(row[0])
+
+        async with self._writer():
+            held = self._snapshot(cid)
+            events, n, last = await self._step(functools.partial(record, held=held))
+            if events:
+                self._settle(cid, n, held, last)
         return events
 
     async def request_handoff(
@@ -1177,7 +1272,47 @@ class Store:
             return [dict(row._mapping) for row in rows]
 
 
-def _info(row: Conversation) -> ConversationInfo:
+def _event(cid: str, seq: int, kind: str, **fields: Any) -> tuple[Insert, StoredEvent]:
+    """An event's INSERT, and the event. Built by the same builder that rebuilds it for the
+    wire (bot/frames.py): a field the protocol does not have, or one it needs missing, fails
+    here, before storing."""
+    payload = frames.payload_of(frames.stored_event(kind, seq, fields))
+    stmt = insert(EVENTS).values(conversation_id=cid, seq=seq, type=kind, payload=payload)
+    return stmt, StoredEvent(seq, kind, payload)
+
+
+def _first_row(stmt: Executable) -> Callable[[Connection], Row[Any] | None]:
+    return lambda conn: conn.execute(stmt).first()
+
+
+def _seq_update(
+    cid: str, n: int, held: tuple[int, int] | None, *where: ColumnElement[bool], **values: Any
+) -> Update:
+    """Reserve ``n`` seqs: none new while ``last_seq`` is still the top of the block ``held``
+    (its seqs are this store's), else ``last_seq + n``. Returns (last_seq, status)."""
+    last = CONVERSATIONS.c.last_seq
+    new_last: Any = last + n
+    if held is not None and held[1] - held[0] + 1 >= n:
+        # CASE last_seq WHEN top ...: the dict form (the tuple form costs SQLAlchemy a repr
+        # of the columns on every call, a third of the statement's construction).
+        new_last = case({held[1]: last}, value=last, else_=last + n)
+    return (
+        update(CONVERSATIONS)
+        .where(CONVERSATIONS.c.id == cid, *where)
+        .values(last_seq=new_last, updated_at=utcnow(), **values)
+        .returning(last, CONVERSATIONS.c.status)
+    )
+
+
+def _first_seq(n: int, held: tuple[int, int] | None, last: int) -> tuple[int, bool]:
+    """The first of the ``n`` seqs a ``_seq_update`` that left ``last_seq`` at ``last``
+    took, and whether they came from the block ``held``."""
+    if held is not None and held[1] - held[0] + 1 >= n and last == held[1]:
+        return held[0], True
+    return last - n + 1, False
+
+
+def _info(row: Conversation | Row[Any]) -> ConversationInfo:
     return ConversationInfo(
         id=row.id,
         language=row.language,
@@ -1212,7 +1347,7 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _message(row: Message) -> StoredMessage:
+def _message(row: Message | Row[Any]) -> StoredMessage:
     choice = _choice(row.trace) if row.role == "customer" else None
     return StoredMessage(row.id, row.client_id, row.seq, row.original_text, row.replied, choice)
 

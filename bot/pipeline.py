@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 OnDelta = Callable[[str], Awaitable[None]]
 _SMALL_TALK = {"greeting": "greeting", "thanks": "thanks_reply", "goodbye": "goodbye_reply"}
+# The customer's own references, which a reply repeats exactly (never their amounts).
+REFERENCE_KINDS = ("order", "tracking", "sku")
 
 
 @dataclass
@@ -171,12 +173,18 @@ def choose_route(
     return Route("composed", why, top, second, specific)
 
 
+def left_out(reply: str, specifics: list[Span]) -> list[str]:
+    """The customer's order, tracking and SKU numbers, as they wrote them, that ``reply``
+    does not repeat."""
+    return [s.text for s in specifics if s.kind in REFERENCE_KINDS and s.text not in reply]
+
+
 def _customer_references(specifics: list[Span], language: str) -> set[str]:
     """Numbers a reply may repeat from the customer's message: their order, tracking and
     SKU numbers (never their amounts or durations: those are not policy facts)."""
     out: set[str] = set()
     for span in specifics:
-        if span.kind in ("order", "tracking", "sku"):
+        if span.kind in REFERENCE_KINDS:
             out |= numbers_in(span.text, language)
     return out
 
@@ -365,9 +373,8 @@ class Pipeline:
             started = time.perf_counter()
             vectors = await self.retriever.embed_async([text])  # batched with other turns
             out["embed_ms"] = round((time.perf_counter() - started) * 1000, 2)
-            hits = await asyncio.to_thread(
-                self.retriever.search_vectors, vectors, [text], k=self.config.retrieve.top_k
-            )
+            # Searched with the other turns' messages: one pass over the index for all.
+            hits = await self.retriever.search_async(vectors[0], text, k=self.config.retrieve.top_k)
             found = self.retriever.decide(hits, language)
             # answer: the top entry; clarify: two entries that together are likely, the
             # customer is asked which one (buttons); abstain: "no answer" and an offer.
@@ -622,9 +629,14 @@ class Pipeline:
             return self._curated(route.top.faq_id, where, trace, "curated", keep_opening=keep)
         if route.path == "composed":
             return self._composed(route, specifics, where, trace)
-        return await self._generated(
+        draft = await self._generated(
             scan.text, pivot, route, specifics, where, context, trace, on_delta
         )
+        if draft.source == "generated" and (lost := left_out(draft.reply, specifics)):
+            # The customer's order or SKU number is theirs to see in the answer: the composed
+            # reply acknowledges it, a model reply that dropped it is not sent.
+            return self._fallback(route, specifics, where, trace, f"left out {', '.join(lost)}")
+        return draft
 
     def _composed(
         self,

@@ -268,6 +268,28 @@ async def test_a_model_copying_the_faq_is_stopped_once_it_is_plainly_a_copy(
     assert len("".join(streamed)) < len(curated)
 
 
+async def test_a_reply_that_drops_the_customers_order_number_is_not_sent(
+    config: Config, pipeline: Pipeline
+) -> None:
+    """A faithful model reply that leaves out the order number the customer wrote: the
+    customer gets the composed reply, which names it; the same reply naming it goes out."""
+    question = "Where is my order #48213? How can I track it?"
+    composed = await pipeline.answer(question, TurnContext(locale_hint="en-US"))
+    plain = "You can follow your parcel in your account. [orders.track]"
+    async with model_writing(plain, config, pipeline, mode="auto") as (fake, gated):
+        dropped = await gated.answer(question, TurnContext(locale_hint="en-US"))
+    assert fake.requests, "the model was asked"
+    assert (dropped.source, dropped.reply) == ("fallback", composed.reply)
+    assert "#48213" in dropped.reply
+    compose = next(s for s in dropped.trace.stages if s.stage == "compose")
+    assert compose.output["fallback_reason"] == "left out #48213"
+    named = "You can follow your order #48213 in your account. [orders.track]"
+    async with model_writing(named, config, pipeline, mode="auto") as (_, gated):
+        kept = await gated.answer(question, TurnContext(locale_hint="en-US"))
+    assert kept.source == "generated"
+    assert kept.reply == "You can follow your order #48213 in your account."
+
+
 async def test_a_gift_card_is_never_refunded_in_cash_whatever_entry_was_retrieved(
     config: Config, pipeline: Pipeline
 ) -> None:

@@ -11,7 +11,9 @@ first turn of a fresh conversation with ``generate.mode = "always"`` (the defaul
   pipeline stopped because it was copying a passage word for word cites that passage;
 - **grounding violation**: the faithfulness gate (bot/faithful.py) rejected the reply;
 - **language**: the reply is in the customer's language (bot/detect.py, no hint);
-- **placeholders**: the order number, SKU or amount of the question is in the reply;
+- **placeholders**: the order number or SKU of the question is in the reply the customer
+  reads; **references dropped**: the model's reply left it out, so the pipeline sent the
+  composed reply (which acknowledges it) instead (bot/pipeline.py ``left_out``);
 - **refusal/handoff**: off-topic and sensitive questions get no FAQ answer (a handoff, the
   "no answer" message, or the model's offer of a person); the others get an answer;
 - **tokens** the model wrote and **latency** of the turn until its reply (the pivot
@@ -46,6 +48,7 @@ METRICS = (
     ("violations", "grounding violations"),
     ("language", "reply language right"),
     ("placeholders", "placeholders kept"),
+    ("dropped", "references dropped by the model"),
     ("refusal", "refusal/handoff right"),
     ("tokens", "tokens per reply"),
     ("latency_ms", "latency per turn (ms)"),
@@ -100,6 +103,7 @@ class Outcome:
     violation: bool
     language_ok: bool
     placeholders: bool | None
+    dropped: bool | None  # the model's reply left the reference out (replaced)
     refusal_ok: bool
     tokens: int | None
     latency_ms: float
@@ -171,6 +175,12 @@ async def answer_cases(
                 placeholders=all(s in result.reply for s in case.specifics)
                 if case.specifics
                 else None,
+                dropped=any(
+                    str(s.output.get("fallback_reason", "")).startswith("left out")
+                    for s in result.trace.stages
+                )
+                if case.specifics
+                else None,
                 refusal_ok=refused == expect_refusal,
                 tokens=tokens,
                 latency_ms=_reply_latency(result.trace.stages),
@@ -231,6 +241,7 @@ def _rates(items: Sequence[Outcome]) -> dict[str, float]:
         "violations": mean([float(o.violation) for o in items if o.raw]),  # of model replies
         "language": mean([float(o.language_ok) for o in items]),
         "placeholders": mean([float(o.placeholders) for o in items if o.placeholders is not None]),
+        "dropped": mean([float(o.dropped) for o in items if o.dropped is not None]),
         "refusal": mean([float(o.refusal_ok) for o in items]),
         "tokens": mean(tokens),
         "latency_ms": mean([o.latency_ms for o in items]),

@@ -34,6 +34,7 @@ is never frustration.
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 import unicodedata
@@ -99,6 +100,13 @@ class LanguageRules:
     accept: frozenset[str]
     decline: frozenset[str]
     polite: frozenset[str]  # "please", "thanks": may surround an answer, are none alone
+
+    @functools.cached_property
+    def any_phrase(self) -> re.Pattern[str]:
+        """Every pattern of every kind in one: whether anything matches at all, in one
+        search (most messages match nothing; the kinds are then not tried one by one)."""
+        every = (*self.request, *self.frustration, *(p for t in self.sensitive.values() for p in t))
+        return re.compile("|".join(f"(?:{p.pattern})" for p in every))
 
     def patterns(self, kind: str) -> tuple[re.Pattern[str], ...]:
         """``request``, ``frustration`` or a sensitive topic."""
@@ -294,18 +302,19 @@ def decide(
             return HandoffDecision(False)
     texts = _texts(original, pivot)
     languages = _languages(language, rules)
+    phrased = _any_phrase(rules, texts, languages)
 
     # A fire or a fraud first: "get me a person, the charger caught fire" is routed as safety.
-    for topic in TOPICS:
+    for topic in TOPICS if phrased else ():
         if phrase := _first_match(rules, texts, languages, topic):
             return HandoffDecision(True, "sensitive_topic", phrase, topic)
-    if phrase := _first_match(rules, texts, languages, "request"):
+    if phrased and (phrase := _first_match(rules, texts, languages, "request")):
         return HandoffDecision(True, "customer_request", phrase)
     if top_faq == HUMAN_FAQ:
         return HandoffDecision(True, "customer_request", f"faq:{HUMAN_FAQ}")
     if not answered and no_answer_streak + 1 >= max_no_answer:
         return HandoffDecision(True, "no_answer")
-    if phrase := _first_match(rules, texts, languages, "frustration"):
+    if phrased and (phrase := _first_match(rules, texts, languages, "frustration")):
         return HandoffDecision(True, "frustration", phrase)
     if shouting(original) and any(shouting(turn.text) for turn in earlier[-2:]):
         return HandoffDecision(True, "frustration", _quote(original))
@@ -340,6 +349,17 @@ def _texts(original: str, pivot: str | None) -> list[tuple[Folded, bool]]:
 def _languages(language: str, rules: HandoffRules) -> list[str]:
     """The detected language, then English: customers fall back on it in every market."""
     return [lang for lang in dict.fromkeys((language, "en")) if lang in rules.languages]
+
+
+def _any_phrase(
+    rules: HandoffRules, texts: Iterable[tuple[Folded, bool]], languages: Sequence[str]
+) -> bool:
+    """Whether any phrase of any kind matches one of the texts (``_first_match`` says which)."""
+    return any(
+        rules.languages[lang].any_phrase.search(folded.text)
+        for folded, is_pivot in texts
+        for lang in (("en",) if is_pivot else languages)
+    )
 
 
 def _first_match(

@@ -61,6 +61,7 @@ OnDelta = Callable[[str], Awaitable[None]]
 _SMALL_TALK = {"greeting": "greeting", "thanks": "thanks_reply", "goodbye": "goodbye_reply"}
 # The customer's own references, which a reply repeats exactly (never their amounts).
 REFERENCE_KINDS = ("order", "tracking", "sku")
+INLINE_DETECT_CHARS = 300  # longer messages are detected in a thread (bench/bench_pipeline.py)
 
 
 @dataclass
@@ -328,8 +329,13 @@ class Pipeline:
         pivot_lang = self.config.shop.pivot
         text = scan.text
 
-        with trace.stage("detect") as out:  # lingua and langdetect: CPU work, off the loop
-            detection = await asyncio.to_thread(self._detect, scan, context)
+        with trace.stage("detect") as out:
+            # lingua and langdetect take 0.1-0.4 ms on a message, less than a hand-off to a
+            # thread and back; a long message (a few ms) is detected off the event loop.
+            if len(text) <= INLINE_DETECT_CHARS:
+                detection = self._detect(scan, context)
+            else:
+                detection = await asyncio.to_thread(self._detect, scan, context)
             out.update(detection.as_dict())
         language = detection.language
         where = locality_for(

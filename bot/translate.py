@@ -222,10 +222,13 @@ class Translator:
 
         if source == target or not normalize(masked.text.replace("{", " ")):
             return done(text, "identity")
-        # The fuzzy scan is CPU work over every stored pair: off the event loop.
-        hit = await asyncio.to_thread(
-            self.memory.lookup, source, target, text, min_similarity=self.min_similarity
-        )
+        # An exact hit is a dictionary lookup, made on the event loop; the fuzzy scan is CPU
+        # work over every stored pair, off it.
+        hit = self.memory.lookup(source, target, text)
+        if hit is None and self.min_similarity < 1.0:
+            hit = await asyncio.to_thread(
+                self.memory.lookup, source, target, text, min_similarity=self.min_similarity
+            )
         if hit is not None:
             return done(hit[0], "memory", similarity=hit[1])
         cached = self._cache.get((source, target, text))

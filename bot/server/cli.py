@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import resource
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from bot.config import Config
@@ -69,7 +71,19 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
     raise_open_files_limit()
     one_blas_thread()
-    return asyncio.run(serve(_with_overrides(args, config), engine=not args.no_engine))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        return runner.run(serve(_with_overrides(args, config), engine=not args.no_engine))
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop where it is installed (Linux and macOS): its sockets, timers
+    and thread hand-offs cost a turn less CPU than asyncio's own loop (docs/server.md);
+    None (asyncio's) elsewhere."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def one_blas_thread() -> None:
@@ -104,6 +118,11 @@ async def serve(config: Config, *, engine: bool = True) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         async with App(config, engine=engine) as app:
+            # What start-up loaded (knowledge, index, detectors: ~160,000 objects) lives as
+            # long as the process: out of the collector's full passes, which took ~100 ms
+            # each and stalled every socket in a burst of turns.
+            gc.collect()
+            gc.freeze()
             print(f"bot: serving {app.url}/ (chat socket {app.chat_url})", file=sys.stderr)
             await stop.wait()
             log.info("signal received: shutting down")

@@ -51,7 +51,6 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
-    Insert,
     Row,
     Update,
     case,
@@ -69,6 +68,7 @@ from bot import frames
 from bot.config import DatabaseConfig
 from bot.errors import StoreError
 from bot.store import schema
+from bot.store import turn_sql as sql
 from bot.store.engine import create_engine, create_sqlite_thread_engine, is_sqlite
 from bot.store.models import (
     Agent,
@@ -94,6 +94,7 @@ from bot.store.records import (
     StoredMessage,
     TurnRecords,
 )
+from bot.store.turn_sql import CONVERSATIONS, EVENTS, MESSAGES
 
 T = TypeVar("T")
 MAX_TOKEN_CHARS = 100
@@ -102,10 +103,6 @@ SEQ_BLOCK = 32  # transient seqs reserved per database write (gaps are allowed)
 MAX_BLOCKS = 10_000  # conversations whose blocks are held; an evicted block is just a gap
 # A turn's path (accept, read the context, record the reply) runs Core statements on one
 # connection per step: no ORM session, unit of work or identity map (docs/server.md).
-CONVERSATIONS = Base.metadata.tables["conversations"]
-EVENTS = Base.metadata.tables["events"]
-HANDOFFS = Base.metadata.tables["handoffs"]
-MESSAGES = Base.metadata.tables["messages"]
 # A session or a bare connection: the seq and event helpers serve both.
 Executor = AsyncSession | AsyncConnection
 
@@ -321,8 +318,8 @@ class Store:
     async def _insert_event(
         session: Executor, cid: str, seq: int, kind: str, **fields: Any
     ) -> StoredEvent:
-        stmt, event = _event(cid, seq, kind, **fields)
-        await session.execute(stmt)
+        row, event = _event(cid, seq, kind, utcnow(), **fields)
+        await session.execute(insert(EVENTS).values(**row))
         return event
 
     # -- conversations ------------------------------------------------------------------
@@ -500,7 +497,8 @@ class Store:
         while block is None or block[0] > block[1]:
             async with self._writer():
                 n, held = self.seq_block, self._snapshot(conversation_id)
-                row = await self._step(_first_row(_seq_update(conversation_id, n, held)))
+                params = sql.take_params(conversation_id, n, held, utcnow())
+                row = await self._step(_first_row(sql.TAKE, params))
                 if row is None:
                     raise StoreError(f"no conversation {conversation_id!r}")
                 first = self._settle(conversation_id, n, held, int(row[0]))
@@ -547,48 +545,39 @@ class Store:
     async def _accept(
         self, cid: str, client_id: str, text: str, choice: str | None = None
     ) -> Accepted:
-        m = MESSAGES.c
-
         def accept(
             conn: Connection, n: int, held: tuple[int, int] | None
         ) -> Accepted | tuple[int, int, str, int, StoredEvent]:
-            old = conn.execute(
-                select(MESSAGES).where(m.conversation_id == cid, m.client_id == client_id)
-            ).first()
+            old = conn.execute(sql.MESSAGE, {"cid": cid, "client_id": client_id}).first()
             if old is not None:
-                status = conn.scalar(
-                    select(CONVERSATIONS.c.status).where(CONVERSATIONS.c.id == cid)
-                )
+                status = conn.scalar(sql.STATUS, {"cid": cid})
                 ack = StoredEvent(old.seq or 0, "ack", {"id": client_id, "text": old.original_text})
                 return Accepted(_message(old), ack, created=False, status=status or "closed")
-            row = conn.execute(_seq_update(cid, n, held)).first()
+            now = utcnow()
+            row = conn.execute(sql.TAKE, sql.take_params(cid, n, held, now)).first()
             if row is None:
                 raise StoreError(f"no conversation {cid!r}")
             last, status = int(row[0]), str(row[1])
             seq, _ = _first_seq(n, held, last)
             if status == "closed":  # a closed conversation starts again with the bot
-                conn.execute(
-                    update(CONVERSATIONS).where(CONVERSATIONS.c.id == cid).values(status="bot")
-                )
+                conn.execute(sql.REOPEN, {"cid": cid})
                 status = "bot"
-            message_id = conn.scalar(
-                insert(MESSAGES)
-                .values(
-                    conversation_id=cid,
-                    role="customer",
-                    client_id=client_id,
-                    seq=seq,
-                    original_text=text,
-                    # While a human owns the conversation the bot leaves the message to them
-                    # (queued: the bot may still answer, see bot.server.turns).
-                    replied=status not in ("bot", "queued"),
-                    # Left out (SQL NULL) without a choice: JSON None would store 'null'.
-                    **({"trace": [{"stage": CHOICE_STAGE, "faq_id": choice}]} if choice else {}),
-                )
-                .returning(MESSAGES.c.id)
-            )
-            stmt, ack = _event(cid, seq, "ack", id=client_id, text=text)
-            conn.execute(stmt)
+            message = {
+                "conversation_id": cid,
+                "role": "customer",
+                "client_id": client_id,
+                "seq": seq,
+                "original_text": text,
+                # While a human owns the conversation the bot leaves the message to them
+                # (queued: the bot may still answer, see bot.server.turns).
+                "replied": status not in ("bot", "queued"),
+                "created_at": now,
+            }
+            if choice:  # else left out (SQL NULL): JSON None would store 'null'
+                message["trace"] = [{"stage": CHOICE_STAGE, "faq_id": choice}]
+            message_id = conn.scalar(sql.ADD_MESSAGE_ID, message)
+            event, ack = _event(cid, seq, "ack", now, id=client_id, text=text)
+            conn.execute(sql.ADD_EVENT, event)
             return int(message_id or 0), seq, status, last, ack
 
         async with self._writer():
@@ -696,22 +685,13 @@ class Store:
         the conversation, its last ``limit`` customer/bot messages before ``before_seq``
         (role, pivot text), and the customer's messages among the last ``2 * limit``, each
         with the first FAQ id of the bot's reply to it (original text, FAQ id or None)."""
-        m = MESSAGES.c
-        conversation = select(CONVERSATIONS).where(CONVERSATIONS.c.id == conversation_id)
-        messages = (
-            select(m.id, m.role, m.reply_to, m.faq_ids)
-            .add_columns(m.original_text, m.pivot_text, m.delivered_text)
-            .where(
-                m.conversation_id == conversation_id,
-                m.role.in_(("customer", "bot")),
-                m.seq < before_seq,
-            )
-            .order_by(m.seq.desc())
-            .limit(2 * limit)
-        )
+        cid = conversation_id
+        recent = {"cid": cid, "before": before_seq, "limit": 2 * limit}
 
         def read(conn: Connection) -> tuple[Row[Any] | None, Sequence[Row[Any]]]:
-            return conn.execute(conversation).first(), conn.execute(messages).all()
+            return conn.execute(sql.CONVERSATION, {"cid": cid}).first(), conn.execute(
+                sql.RECENT, recent
+            ).all()
 
         row, newest = await self._step(read, write=False)
         if row is None:
@@ -742,70 +722,58 @@ class Store:
         def record(
             conn: Connection, held: tuple[int, int] | None
         ) -> tuple[list[StoredEvent], int, int]:
-            claimed = conn.scalar(
-                update(MESSAGES)
-                .where(MESSAGES.c.id == message_id, MESSAGES.c.replied.is_(False))
-                .values(
-                    language=reply.language,
-                    pivot_text=reply.pivot,
-                    faq_ids=list(reply.faq_ids),
-                    replied=True,
-                    replied_at=utcnow(),
-                )
-                .returning(MESSAGES.c.id)
-            )
-            if claimed is None:
+            now = utcnow()
+            claim = {
+                "mid": message_id,
+                "language": reply.language,
+                "pivot_text": reply.pivot,
+                "faq_ids": list(reply.faq_ids),
+                "now": now,
+            }
+            if conn.scalar(sql.CLAIM, claim) is None:
                 return [], 0, 0
             handoff = False
             if reply.handoff_reason is not None:  # only if the bot still has the conversation
-                handoff = bool(
-                    conn.scalar(
-                        update(CONVERSATIONS)
-                        .where(CONVERSATIONS.c.id == cid, CONVERSATIONS.c.status == "bot")
-                        .values(status="queued")
-                        .returning(CONVERSATIONS.c.id)
-                    )
-                )
+                handoff = bool(conn.scalar(sql.HAND_OVER, {"cid": cid}))
             n = 2 if handoff else 1
-            streak = 0 if reply.answered else CONVERSATIONS.c.no_answer_streak + 1
-            row = conn.execute(
-                _seq_update(cid, n, held, language=reply.language, no_answer_streak=streak)
-            ).first()
+            params = sql.take_params(
+                cid, n, held, now, language=reply.language, answered=reply.answered
+            )
+            row = conn.execute(sql.TAKE_FOR_REPLY, params).first()
             if row is None:
                 raise StoreError(f"no conversation {cid!r}")
             seq, _ = _first_seq(n, held, int(row[0]))
-            conn.execute(
-                insert(MESSAGES).values(
-                    conversation_id=cid,
-                    role="bot",
-                    seq=seq,
-                    reply_to=message_id,
-                    original_text=reply.text,
-                    delivered_text=reply.text,
-                    language=reply.language,
-                    pivot_text=reply.reply_pivot,
-                    faq_ids=list(reply.faq_ids),
-                    source=reply.source,
-                    trace=reply.trace,
-                    handoff=reply.handoff_reason is not None,
-                    replied=True,
-                )
-            )
+            message = {
+                "conversation_id": cid,
+                "role": "bot",
+                "client_id": None,
+                "seq": seq,
+                "reply_to": message_id,
+                "original_text": reply.text,
+                "delivered_text": reply.text,
+                "language": reply.language,
+                "pivot_text": reply.reply_pivot,
+                "faq_ids": list(reply.faq_ids),
+                "source": reply.source,
+                "trace": reply.trace,
+                "handoff": reply.handoff_reason is not None,
+                "replied": True,
+                "created_at": now,
+            }
+            conn.execute(sql.ADD_MESSAGE, message)
             events = [
                 _event(
-                    cid, seq, "reply",
+                    cid, seq, "reply", now,
                     text=reply.text, lang=reply.language, faq_ids=list(reply.faq_ids),
                     sources=list(reply.sources), reply_to=client_id,
                     **({"choices": list(reply.choices)} if reply.choices else {}),
                 )
             ]  # fmt: skip
             if handoff and reply.handoff_reason:
-                conn.execute(
-                    insert(HANDOFFS).values(conversation_id=cid, reason=reply.handoff_reason)
-                )
-                events.append(_event(cid, seq + 1, "handoff", reason=reply.handoff_reason))
-            for stmt, _ in events:
-                conn.execute(stmt)
+                handoff_row = {"conversation_id": cid, "reason": reply.handoff_reason}
+                conn.execute(sql.ADD_HANDOFF, handoff_row)
+                events.append(_event(cid, seq + 1, "handoff", now, reason=reply.handoff_reason))
+            conn.execute(sql.ADD_EVENT, [row for row, _ in events])
             return [event for _, event in events], n, int(row[0])
 
         async with self._writer():
@@ -1272,17 +1240,19 @@ class Store:
             return [dict(row._mapping) for row in rows]
 
 
-def _event(cid: str, seq: int, kind: str, **fields: Any) -> tuple[Insert, StoredEvent]:
-    """An event's INSERT, and the event. Built by the same builder that rebuilds it for the
-    wire (bot/frames.py): a field the protocol does not have, or one it needs missing, fails
-    here, before storing."""
+def _event(
+    cid: str, seq: int, kind: str, now: datetime, **fields: Any
+) -> tuple[dict[str, Any], StoredEvent]:
+    """An event's row (``turn_sql.ADD_EVENT``'s parameters), and the event. Built by the
+    same builder that rebuilds it for the wire (bot/frames.py): a field the protocol does
+    not have, or one it needs missing, fails here, before storing."""
     payload = frames.payload_of(frames.stored_event(kind, seq, fields))
-    stmt = insert(EVENTS).values(conversation_id=cid, seq=seq, type=kind, payload=payload)
-    return stmt, StoredEvent(seq, kind, payload)
+    row = {"conversation_id": cid, "seq": seq, "type": kind, "payload": payload, "created_at": now}
+    return row, StoredEvent(seq, kind, payload)
 
 
-def _first_row(stmt: Executable) -> Callable[[Connection], Row[Any] | None]:
-    return lambda conn: conn.execute(stmt).first()
+def _first_row(stmt: Executable, params: dict[str, Any]) -> Callable[[Connection], Row[Any] | None]:
+    return lambda conn: conn.execute(stmt, params).first()
 
 
 def _seq_update(

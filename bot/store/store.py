@@ -53,7 +53,7 @@ from sqlalchemy import (
     Engine,
     Row,
     Update,
-    case,
+    bindparam,
     insert,
     select,
     text,
@@ -293,7 +293,8 @@ class Store:
         """``n`` seqs for a stored event (first seq, status), or None when no row matches
         ``where``: from this store's block while nobody reserved above it, else new ones."""
         held = self._snapshot(cid)
-        row = (await session.execute(_seq_update(cid, n, held, *where, **values))).first()
+        params = sql.take_params(cid, n, held, utcnow())
+        row = (await session.execute(_seq_update(*where, **values), params)).first()
         if row is None:
             return None
         return self._settle(cid, n, held, int(row[0])), str(row[1])
@@ -1255,28 +1256,20 @@ def _first_row(stmt: Executable, params: dict[str, Any]) -> Callable[[Connection
     return lambda conn: conn.execute(stmt, params).first()
 
 
-def _seq_update(
-    cid: str, n: int, held: tuple[int, int] | None, *where: ColumnElement[bool], **values: Any
-) -> Update:
-    """Reserve ``n`` seqs: none new while ``last_seq`` is still the top of the block ``held``
-    (its seqs are this store's), else ``last_seq + n``. Returns (last_seq, status)."""
-    last = CONVERSATIONS.c.last_seq
-    new_last: Any = last + n
-    if held is not None and held[1] - held[0] + 1 >= n:
-        # CASE last_seq WHEN top ...: the dict form (the tuple form costs SQLAlchemy a repr
-        # of the columns on every call, a third of the statement's construction).
-        new_last = case({held[1]: last}, value=last, else_=last + n)
+def _seq_update(*where: ColumnElement[bool], **values: Any) -> Update:
+    """``turn_sql.TAKE`` with more conditions and values (handoffs, agents): run it with
+    ``turn_sql.take_params``. Returns (last_seq, status), or no row when ``where`` fails."""
     return (
         update(CONVERSATIONS)
-        .where(CONVERSATIONS.c.id == cid, *where)
-        .values(last_seq=new_last, updated_at=utcnow(), **values)
-        .returning(last, CONVERSATIONS.c.status)
+        .where(CONVERSATIONS.c.id == bindparam("cid"), *where)
+        .values(last_seq=sql.RESERVE, updated_at=bindparam("now"), **values)
+        .returning(CONVERSATIONS.c.last_seq, CONVERSATIONS.c.status)
     )
 
 
 def _first_seq(n: int, held: tuple[int, int] | None, last: int) -> tuple[int, bool]:
-    """The first of the ``n`` seqs a ``_seq_update`` that left ``last_seq`` at ``last``
-    took, and whether they came from the block ``held``."""
+    """The first of the ``n`` seqs a reservation (``turn_sql.RESERVE``) that left
+    ``last_seq`` at ``last`` took, and whether they came from the block ``held``."""
     if held is not None and held[1] - held[0] + 1 >= n and last == held[1]:
         return held[0], True
     return last - n + 1, False

@@ -25,14 +25,15 @@ _c = CONVERSATIONS.c
 _m = MESSAGES.c
 _last = _c.last_seq
 
-# A seq reservation (``store._seq_update`` with its block): ``top`` is the held block's top,
-# or -1 when no block can number the write (``last_seq`` is never negative).
-_reserve = case((_last == bindparam("top", type_=Integer), _last), else_=_last + bindparam("n"))
+# A seq reservation: none new while ``last_seq`` is still the top of the block this store
+# holds (its seqs are this store's), else ``last_seq + n``. ``top`` is that block's top, or
+# -1 when no block can number the write (``last_seq`` is never negative).
+RESERVE = case((_last == bindparam("top", type_=Integer), _last), else_=_last + bindparam("n"))
 
 TAKE = (
     update(CONVERSATIONS)
     .where(_c.id == bindparam("cid"))
-    .values(last_seq=_reserve, updated_at=bindparam("now"))
+    .values(last_seq=RESERVE, updated_at=bindparam("now"))
     .returning(_last, _c.status)
 )
 """Reserve ``n`` seqs -> (last_seq, status). Parameters: cid, top, n, now."""
@@ -41,7 +42,7 @@ TAKE_FOR_REPLY = (
     update(CONVERSATIONS)
     .where(_c.id == bindparam("cid"))
     .values(
-        last_seq=_reserve,
+        last_seq=RESERVE,
         updated_at=bindparam("now"),
         language=bindparam("language"),
         no_answer_streak=case(
